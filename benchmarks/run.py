@@ -1,0 +1,77 @@
+"""Run every benchmark in one process and write benchmarks/RESULTS.md and benchmarks/results.json.
+
+    python -m benchmarks [--quick] [--only NAME ...]
+    python benchmarks/run.py
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    __package__ = "benchmarks"
+
+import numba  # noqa: E402
+import numpy  # noqa: E402
+import scipy  # noqa: E402
+
+from benchmarks import dense  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+SUITES = {"dense": dense.run}
+
+
+def machine() -> dict:
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return dict(cpu=cpu, cores=os.cpu_count(), python=platform.python_version(), numpy=numpy.__version__,
+                scipy=scipy.__version__, numba=numba.__version__, system=platform.platform(),
+                date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
+
+
+def write(rows: list[dict], info: dict) -> None:
+    (HERE / "results.json").write_text(json.dumps(dict(machine=info, results=rows), indent=2) + "\n")
+    lines = ["# Benchmark results", "",
+             "Written by `python -m benchmarks`; every ratio is against a baseline timed in the same run.", "",
+             f"Machine: {info['cpu']}, {info['cores']} cores; {info['system']}; Python {info['python']}, "
+             f"numpy {info['numpy']}, scipy {info['scipy']}, numba {info['numba']}; run {info['date']}.", "",
+             "| benchmark | case | value | baseline | ratio |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['benchmark']} | {r['case']} | {r['value']:.4g} {r['unit']} | "
+                     f"{r['baseline']:.4g} {r['unit']} ({r['baseline_name']}) | {r['ratio']:.3g}× |")
+    notes = [r["note"] for r in rows if r.get("note")]
+    if notes:
+        lines += ["", *[f"- {n}" for n in notes]]
+    (HERE / "RESULTS.md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small cases only (a smoke run)")
+    parser.add_argument("--only", nargs="+", choices=sorted(SUITES), help="run only these suites")
+    args = parser.parse_args(argv)
+    rows = []
+    for name in args.only or SUITES:
+        print(f"running {name} ...", flush=True)
+        for row in SUITES[name](quick=args.quick):
+            print(f"  {row['case']}: {row['value']:.4g} {row['unit']}  ({row['ratio']:.3g}× {row['baseline_name']})",
+                  flush=True)
+            rows.append(row)
+    write(rows, machine())
+    print(f"wrote {HERE / 'RESULTS.md'}")
+
+
+if __name__ == "__main__":
+    main()

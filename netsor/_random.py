@@ -1,0 +1,32 @@
+"""Random streams. Every draw comes from a Generator keyed by (root seed, block, stream), so results do not depend
+on how work is chunked or how many threads run it."""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from .errors import ProgramError
+
+
+def seed_sequence(seed) -> np.random.SeedSequence:
+    """The root SeedSequence for an int, a SeedSequence, or None (fresh OS entropy)."""
+    if isinstance(seed, np.random.SeedSequence):
+        return seed
+    if seed is None:
+        return np.random.SeedSequence()
+    if isinstance(seed, numbers.Integral) and not isinstance(seed, bool) and seed >= 0:
+        return np.random.SeedSequence(int(seed))
+    raise ProgramError(f"seed must be a non-negative int, a numpy SeedSequence or None, got {seed!r}")
+
+
+def stream(root: np.random.SeedSequence, *key: int) -> np.random.Generator:
+    """An independent Generator for the sub-stream `key` of `root` (e.g. key = (block, node))."""
+    child = np.random.SeedSequence(root.entropy, spawn_key=tuple(root.spawn_key) + tuple(int(k) for k in key))
+    return np.random.Generator(np.random.PCG64(child))
+
+
+def check_size(size, where: str = "size") -> int:
+    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
+        raise ProgramError(f"{where} must be a positive integer, got {size!r}")
+    return int(size)

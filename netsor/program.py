@@ -1,0 +1,454 @@
+"""The Netsor intermediate representation: a program is a list of immutable nodes, each defined from earlier ones.
+
+Vectors have a dimension, the width "n" or a fixed integer N. Node kinds, as in Yang's Tensor Programs:
+
+    x := input              coordinates iid across α, jointly N(0, Σ) across the declared inputs
+    W := matrix             entries iid N(0, σ²/n_in)
+    h := W x                MatMul (a G-var)
+    y := φ(h_1, ..., h_k)   Nonlin, coordinatewise
+    z := Σ_j c_j v_j        LinComb, constant or scalar coefficients
+    m := (1/n) Σ_α φ(v)_α   Moment scalar
+
+Every constructor validates its arguments and raises `ProgramError` naming the node, so a malformed program fails
+when it is written, not deep inside a sampler.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import re
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .errors import ProgramError
+from .nonlinearities import Nonlinearity, as_nonlinearity
+
+WIDTH = "n"  # the dimension that grows
+
+
+def _check_dim(dim, where: str):
+    if dim == WIDTH:
+        return WIDTH
+    if isinstance(dim, numbers.Integral) and not isinstance(dim, bool) and dim >= 1:
+        return int(dim)
+    raise ProgramError(f"{where}: a dimension is 'n' (the width) or a positive integer, got {dim!r}")
+
+
+def _check_finite(value, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ProgramError(f"{where}: expected a finite real number, got {value!r}")
+    return float(value)
+
+
+def dim_size(dim, width: int) -> int:
+    """The number of coordinates of a dimension at a given width."""
+    return width if dim == WIDTH else dim
+
+
+# --------------------------------------------------------------------------------------------------- nodes
+@dataclass(frozen=True, eq=False, repr=False)
+class Node:
+    """A program variable. Nodes compare by identity and never change once made."""
+
+    program: "Program"
+    index: int
+    name: str
+
+    def definition(self) -> str:  # the right-hand side as the papers write it
+        raise NotImplementedError
+
+    def parents(self) -> tuple["Node", ...]:
+        return ()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} := {self.definition()}>"
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class Matrix(Node):
+    """W with iid N(0, var/n_in) entries; shape (out, in), each 'n' or a fixed integer."""
+
+    var: float
+    shape: tuple
+
+    def definition(self) -> str:
+        rows, cols = self.shape
+        return f"matrix {rows}×{cols}, entries iid N(0, {self.var:g}/{cols})"
+
+    def __matmul__(self, x: "Vector") -> "Vector":
+        return matmul(self, x)
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class Vector(Node):
+    dim: object  # "n" or int
+
+    # linear-combination sugar: x + y, x - y, 2 * x, m * x (m a scalar node), x / 2, -x
+    def __add__(self, other):
+        if isinstance(other, Vector):
+            return lincomb([1.0, 1.0], [self, other])
+        return NotImplemented
+
+    def __sub__(self, other):
+        if isinstance(other, Vector):
+            return lincomb([1.0, -1.0], [self, other])
+        return NotImplemented
+
+    def __mul__(self, coeff):
+        if isinstance(coeff, (numbers.Real, Scalar)) and not isinstance(coeff, bool):
+            return lincomb([coeff], [self])
+        return NotImplemented
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, divisor):
+        if isinstance(divisor, numbers.Real):
+            if divisor == 0:
+                raise ProgramError(f"{self.name} / 0: division by zero")
+            return lincomb([1.0 / divisor], [self])
+        return NotImplemented
+
+    def __neg__(self):
+        return lincomb([-1.0], [self])
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class Input(Vector):
+    """An input vector; `group` holds the joint covariance of the inputs declared together."""
+
+    group: "InputGroup"
+    position: int
+
+    def definition(self) -> str:
+        return "input"
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class MatMul(Vector):
+    matrix: Matrix
+    arg: Vector
+
+    def definition(self) -> str:
+        return f"{self.matrix.name} {self.arg.name}"
+
+    def parents(self):
+        return (self.matrix, self.arg)
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class Nonlin(Vector):
+    phi: Nonlinearity
+    args: tuple
+
+    def definition(self) -> str:
+        return f"{self.phi.name}({', '.join(a.name for a in self.args)})"
+
+    def parents(self):
+        return self.args
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class LinComb(Vector):
+    """Σ_j c_j v_j; a coefficient is a float or a scalar node."""
+
+    coeffs: tuple
+    args: tuple
+
+    def definition(self) -> str:
+        return _lincomb_text(self.coeffs, self.args)
+
+    def parents(self):
+        return tuple(c for c in self.coeffs if isinstance(c, Scalar)) + self.args
+
+
+def _lincomb_text(coeffs, args) -> str:
+    terms = []
+    for c, v in zip(coeffs, args):
+        if isinstance(c, Scalar):
+            terms.append(f"+ {c.name}·{v.name}")
+        else:
+            mag = abs(c)
+            terms.append(("- " if c < 0 else "+ ") + (v.name if mag == 1 else f"{mag:g}·{v.name}"))
+    text = " ".join(terms)
+    return text[2:] if text.startswith("+ ") else "-" + text[2:]
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class Scalar(Node):
+    """A scalar variable of the program."""
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class Moment(Scalar):
+    """(1/dim) Σ_α φ(v_1, ..., v_k)_α → E[φ(Z^{v_1}, ..., Z^{v_k})] as n → ∞."""
+
+    phi: Nonlinearity
+    args: tuple
+
+    def definition(self) -> str:
+        dim = self.args[0].dim
+        inner = ", ".join(f"{a.name}" for a in self.args)
+        return f"(1/{dim}) Σ_α {self.phi.name}({inner})_α"
+
+    def parents(self):
+        return self.args
+
+
+@dataclass(frozen=True, eq=False)
+class InputGroup:
+    """Inputs declared together: coordinates iid across α, jointly N(0, cov) across the group."""
+
+    cov: np.ndarray
+    dim: object
+
+
+# --------------------------------------------------------------------------------------------------- program
+_NAME = re.compile(r"^[^\s]+$")
+
+
+class Program:
+    """A Netsor program. Build it with `input`, `inputs`, `matrix`, `@`, `nonlin`, `lincomb` and `moment`."""
+
+    def __init__(self, name: str = "program"):
+        self.name = name
+        self._nodes: list[Node] = []
+        self._by_name: dict[str, Node] = {}
+        self._groups: list[tuple[InputGroup, tuple[Input, ...]]] = []
+
+    # ---- declarations
+    def input(self, name: str | None = None, var: float = 1.0, dim="n") -> Vector:
+        """One input vector with iid N(0, var) coordinates, independent of all other inputs."""
+        var = _check_finite(var, f"input {name!r}: var")
+        if var < 0:
+            raise ProgramError(f"input {name!r}: var must be non-negative, got {var}")
+        return self.inputs([name] if name is not None else 1, cov=[[var]], dim=dim)[0]
+
+    def inputs(self, names_or_count, cov=None, dim="n") -> tuple[Vector, ...]:
+        """Inputs whose coordinates are iid across α and jointly N(0, cov) across the declared inputs."""
+        if isinstance(names_or_count, numbers.Integral) and not isinstance(names_or_count, bool):
+            if names_or_count < 1:
+                raise ProgramError(f"inputs: the count must be at least 1, got {names_or_count}")
+            start = sum(len(members) for _, members in self._groups)
+            names = [self._fresh(f"x{start + i + 1}") for i in range(names_or_count)]
+        elif isinstance(names_or_count, str):
+            names = [names_or_count]
+        else:
+            names = list(names_or_count)
+            if not names:
+                raise ProgramError("inputs: give at least one name")
+        k = len(names)
+        label = f"inputs {', '.join(map(str, names))}"
+        dim = _check_dim(dim, label)
+        cov = np.eye(k) if cov is None else check_covariance(cov, k, label)
+        group = InputGroup(cov, dim)
+        members = tuple(self._add(Input, name, dim=dim, group=group, position=i) for i, name in enumerate(names))
+        self._groups.append((group, members))
+        return members
+
+    def matrix(self, name: str | None = None, var: float = 1.0, shape=("n", "n")) -> Matrix:
+        """A Gaussian matrix W with entries iid N(0, var/n_in); shape (out, in), each 'n' or a fixed integer."""
+        where = f"matrix {name!r}"
+        var = _check_finite(var, f"{where}: var")
+        if var < 0:
+            raise ProgramError(f"{where}: var must be non-negative, got {var}")
+        if not isinstance(shape, (tuple, list)) or len(shape) != 2:
+            raise ProgramError(f"{where}: shape must be a pair (out, in), got {shape!r}")
+        shape = (_check_dim(shape[0], where), _check_dim(shape[1], where))
+        return self._add(Matrix, name or self._fresh("W"), var=var, shape=shape)
+
+    # ---- access
+    @property
+    def nodes(self) -> tuple[Node, ...]:
+        return tuple(self._nodes)
+
+    @property
+    def input_groups(self) -> tuple[tuple[InputGroup, tuple[Input, ...]], ...]:
+        return tuple(self._groups)
+
+    def __getitem__(self, name: str) -> Node:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise ProgramError(f"{self.name}: no variable named {name!r}") from None
+
+    def __contains__(self, item) -> bool:
+        if isinstance(item, str):
+            return item in self._by_name
+        return isinstance(item, Node) and item.program is self
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    def resolve(self, variables, where: str = "variables") -> list[Node]:
+        """Nodes from names or nodes, checked to belong to this program."""
+        if isinstance(variables, (str, Node)):
+            variables = [variables]
+        out = []
+        for v in variables:
+            if isinstance(v, str):
+                v = self[v]
+            if not isinstance(v, Node):
+                raise ProgramError(f"{where}: expected a variable of {self.name} or its name, got {v!r}")
+            if v.program is not self:
+                raise ProgramError(f"{where}: {v.name} belongs to another program, not {self.name}")
+            if isinstance(v, Matrix):
+                raise ProgramError(f"{where}: {v.name} is a matrix; ask for vectors or scalars")
+            out.append(v)
+        if not out:
+            raise ProgramError(f"{where}: no variables given")
+        return out
+
+    def ancestors(self, nodes: Iterable[Node]) -> list[Node]:
+        """The nodes themselves and everything they depend on, in program order."""
+        seen: set[int] = set()
+        stack = list(nodes)
+        while stack:
+            node = stack.pop()
+            if node.index not in seen:
+                seen.add(node.index)
+                stack.extend(node.parents())
+        return [n for n in self._nodes if n.index in seen]
+
+    # ---- printing
+    def __str__(self) -> str:
+        lines = [f"Netsor program {self.name!r} (width n)"]
+        width = min(12, max((len(n.name) for n in self._nodes), default=1))
+        printed_groups = set()
+        for node in self._nodes:
+            if isinstance(node, Input):
+                if id(node.group) in printed_groups:
+                    continue
+                printed_groups.add(id(node.group))
+                members = next(m for g, m in self._groups if g is node.group)
+                names = ", ".join(m.name for m in members)
+                cov = np.array2string(node.group.cov, precision=4, separator=", ", suppress_small=True)
+                cov = " ".join(cov.split())
+                kind = "iid N(0, Σ) coordinates" if len(members) > 1 else f"iid N(0, {node.group.cov[0, 0]:g})"
+                detail = f", Σ = {cov}" if len(members) > 1 else ""
+                lines.append(f"  {names} : input in R^{node.dim}, {kind}{detail}")
+            elif isinstance(node, Matrix):
+                lines.append(f"  {node.name:<{width}} : {node.definition()}")
+            else:
+                kind = type(node).__name__
+                lines.append(f"  {node.name:<{width}} := {node.definition():<28}  ({kind})")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"<Program {self.name!r}: {len(self._nodes)} nodes>"
+
+    # ---- internals
+    def _fresh(self, base: str) -> str:
+        if base not in self._by_name:
+            return base
+        i = 2
+        while f"{base}_{i}" in self._by_name:
+            i += 1
+        return f"{base}_{i}"
+
+    def _add(self, cls, name, **fields):
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise ProgramError(f"{cls.__name__}: a name is a non-empty string without spaces, got {name!r}")
+        if name in self._by_name:
+            raise ProgramError(f"{cls.__name__} {name!r}: the name is already used in {self.name}")
+        node = cls(program=self, index=len(self._nodes), name=name, **fields)
+        self._nodes.append(node)
+        self._by_name[name] = node
+        return node
+
+
+def check_covariance(cov, k: int, where: str) -> np.ndarray:
+    """A finite, symmetric, positive semi-definite k×k matrix, or ProgramError."""
+    try:
+        cov = np.array(cov, dtype=float)
+    except (TypeError, ValueError):
+        raise ProgramError(f"{where}: the covariance must be a numeric {k}×{k} matrix") from None
+    if cov.ndim == 0 and k == 1:
+        cov = cov.reshape(1, 1)
+    if cov.shape != (k, k):
+        raise ProgramError(f"{where}: the covariance must be {k}×{k}, got shape {cov.shape}")
+    if not np.all(np.isfinite(cov)):
+        raise ProgramError(f"{where}: the covariance holds NaN or inf")
+    scale = max(np.abs(cov).max(), 1e-300)
+    if not np.allclose(cov, cov.T, rtol=0, atol=1e-12 * scale):
+        raise ProgramError(f"{where}: the covariance is not symmetric")
+    cov = (cov + cov.T) / 2
+    if np.linalg.eigvalsh(cov).min() < -1e-10 * scale:
+        raise ProgramError(f"{where}: the covariance is not positive semi-definite")
+    cov.setflags(write=False)
+    return cov
+
+
+# --------------------------------------------------------------------------------------------------- builders
+def _program_of(nodes: Sequence[Node], where: str) -> Program:
+    programs = {id(n.program): n.program for n in nodes}
+    if len(programs) > 1:
+        names = ", ".join(f"{n.name} ({n.program.name})" for n in nodes)
+        raise ProgramError(f"{where}: the arguments come from different programs: {names}")
+    return next(iter(programs.values()))
+
+
+def _vectors(args, where: str) -> tuple[Vector, ...]:
+    if not args:
+        raise ProgramError(f"{where}: needs at least one vector argument")
+    for a in args:
+        if not isinstance(a, Vector):
+            raise ProgramError(f"{where}: arguments must be vectors of a program, got {a!r}")
+    dims = {a.dim for a in args}
+    if len(dims) > 1:
+        detail = ", ".join(f"{a.name} ∈ R^{a.dim}" for a in args)
+        raise ProgramError(f"{where}: arguments have different dimensions ({detail})")
+    return tuple(args)
+
+
+def matmul(W: Matrix, x: Vector, name: str | None = None) -> Vector:
+    """h := W x, a G-var."""
+    if not isinstance(W, Matrix):
+        raise ProgramError(f"matmul: the left operand must be a matrix, got {W!r}")
+    if not isinstance(x, Vector):
+        raise ProgramError(f"{W.name} @ ...: the right operand must be a vector, got {x!r}")
+    prog = _program_of([W, x], f"{W.name} @ {x.name}")
+    if W.shape[1] != x.dim:
+        raise ProgramError(f"{W.name} @ {x.name}: shape mismatch, {W.name} is {W.shape[0]}×{W.shape[1]} "
+                           f"but {x.name} ∈ R^{x.dim}")
+    return prog._add(MatMul, name or prog._fresh(f"{W.name}{x.name}"), dim=W.shape[0], matrix=W, arg=x)
+
+
+def nonlin(phi, *xs: Vector, name: str | None = None) -> Vector:
+    """y := φ(x_1, ..., x_k) coordinatewise; φ a built-in name, clip(c), a Nonlinearity or a vectorised callable."""
+    where = f"nonlin {name or getattr(phi, 'name', getattr(phi, '__name__', phi))}"
+    xs = _vectors(xs, where)
+    prog = _program_of(xs, where)
+    phi = as_nonlinearity(phi, len(xs), where)
+    return prog._add(Nonlin, name or prog._fresh(f"{phi.name}({','.join(x.name for x in xs)})"),
+                     dim=xs[0].dim, phi=phi, args=xs)
+
+
+def lincomb(coeffs, xs, name: str | None = None) -> Vector:
+    """z := Σ_j c_j x_j with constant (finite float) or scalar-node coefficients."""
+    xs = tuple(xs) if not isinstance(xs, Vector) else (xs,)
+    coeffs = tuple(coeffs) if isinstance(coeffs, (list, tuple, np.ndarray)) else (coeffs,)
+    where = f"lincomb {name}" if name else "lincomb"
+    xs = _vectors(xs, where)
+    if len(coeffs) != len(xs):
+        raise ProgramError(f"{where}: {len(coeffs)} coefficients for {len(xs)} vectors")
+    checked = []
+    for c in coeffs:
+        if isinstance(c, Scalar):
+            checked.append(c)
+        else:
+            checked.append(_check_finite(c, f"{where}: coefficient"))
+    prog = _program_of(list(xs) + [c for c in checked if isinstance(c, Scalar)], where)
+    return prog._add(LinComb, name or prog._fresh(_lincomb_text(checked, xs).replace(" ", "")),
+                     dim=xs[0].dim, coeffs=tuple(checked), args=xs)
+
+
+def moment(phi, *xs: Vector, name: str | None = None) -> Scalar:
+    """m := (1/dim) Σ_α φ(x_1, ..., x_k)_α, deterministic E[φ(Z)] in the limit over the width."""
+    where = f"moment {name}" if name else "moment"
+    xs = _vectors(xs, where)
+    prog = _program_of(xs, where)
+    phi = as_nonlinearity(phi, len(xs), where)
+    return prog._add(Moment, name or prog._fresh(f"E[{phi.name}({','.join(x.name for x in xs)})]"),
+                     phi=phi, args=xs)

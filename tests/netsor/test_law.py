@@ -1,0 +1,133 @@
+"""The limit law against closed forms written independently here, and its sampler against its own covariance."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import netsor
+from limits import mlp
+from netsor.testing import assert_cov_close, cov_check
+
+SIGMA = np.array([[1.0, 0.6], [0.6, 1.5]])
+WEIGHT_VAR = 2.0
+
+
+def arccos_kernel(K):
+    """ReLU layer map K ↦ E[relu(u) relu(v)], written out in matrix form (Cho & Saul)."""
+    d = np.sqrt(np.diag(K))
+    cos = np.clip(K / np.outer(d, d), -1, 1)
+    theta = np.arccos(cos)
+    return np.outer(d, d) / (2 * np.pi) * (np.sin(theta) + (np.pi - theta) * cos)
+
+
+def arcsin_kernel(K):
+    """erf layer map K ↦ E[erf(u) erf(v)] (Williams)."""
+    d = 1 + 2 * np.diag(K)
+    return 2 / np.pi * np.arcsin(2 * K / np.sqrt(np.outer(d, d)))
+
+
+@pytest.mark.parametrize("nonlinearity, layer_map", [("relu", arccos_kernel), ("erf", arcsin_kernel)])
+def test_two_hidden_layer_mlp_matches_closed_forms(nonlinearity, layer_map):
+    net = mlp(depth=2, nonlinearity=nonlinearity, inputs=SIGMA, weight_var=WEIGHT_VAR)
+    law = net.law()
+    h2, f = net.layers[1], net.outputs
+    K2 = WEIGHT_VAR * layer_map(SIGMA)
+    K3 = WEIGHT_VAR * layer_map(K2)
+    cov = law.cov(list(net.inputs) + list(h2) + list(f))
+    expected = np.zeros((6, 6))
+    expected[:2, :2], expected[2:4, 2:4], expected[4:, 4:] = SIGMA, K2, K3
+    np.testing.assert_allclose(cov, expected, rtol=0, atol=1e-10)
+    # the post-activations have a mean: cov = kernel − mean meanᵀ
+    acts = [net.program[f"x2_{a}"] for a in (1, 2)]
+    mean = law.mean(acts)
+    if nonlinearity == "relu":
+        np.testing.assert_allclose(mean, np.sqrt(np.diag(K2) / (2 * np.pi)), atol=1e-12)
+        np.testing.assert_allclose(law.kernel(acts), arccos_kernel(K2), atol=1e-10)
+    else:
+        np.testing.assert_allclose(mean, 0.0, atol=1e-12)
+    np.testing.assert_allclose(law.cov(acts), law.kernel(acts) - np.outer(mean, mean), atol=1e-14)
+
+
+def test_closed_form_has_zero_error_bound():
+    net = mlp(depth=2, nonlinearity="relu", inputs=SIGMA)
+    _, bound = net.law().cov(list(net.outputs), error=True)
+    assert np.all(bound <= 1e-13)
+
+
+def test_sample_matches_cov_and_rejects_a_wrong_cov():
+    net = mlp(depth=2, nonlinearity="tanh", inputs=SIGMA)
+    law = net.law()
+    variables = list(net.layers[1]) + list(net.outputs) + [net.program["x2_1"]]
+    draws = law.sample(variables, 200_000, seed=1)
+    cov = law.cov(variables)
+    assert_cov_close(draws, cov)
+    np.testing.assert_allclose(draws.mean(axis=0), law.mean(variables), atol=5 * draws.std(axis=0).max() / 447)
+    ok, err, tol = cov_check(draws, cov * 1.02)  # power: a 2% error in the law is detected at this size
+    assert not ok, (err, tol)
+
+
+def test_sample_is_deterministic_and_chunk_free():
+    net = mlp(depth=1, nonlinearity="relu")
+    law = net.law()
+    a = law.sample(net.outputs, 70_000, seed=5)
+    b = law.sample(net.outputs, 70_000, seed=np.random.SeedSequence(5))
+    c = law.sample(net.outputs, 40_000, seed=5)
+    assert np.array_equal(a, b) and np.array_equal(a[:40_000], c)
+
+
+def test_moment_scalars_and_scalar_coefficients():
+    prog = netsor.Program()
+    x = prog.input("x", var=3.0)
+    W = prog.matrix("W", var=2.0)
+    h = W @ x
+    m2 = netsor.moment(np.square, h, name="m2")  # → E[h²] = 2·3
+    mr = netsor.moment("relu", x, name="mr")  # → sqrt(3/(2π))
+    z = netsor.lincomb([m2, 1.0], [x, h], name="z")  # Z = 6 Z^x + Z^h
+    law = netsor.limit(prog)
+    assert law.value(m2) == pytest.approx(6.0, abs=1e-12)
+    assert law.value("mr") == pytest.approx(np.sqrt(3 / (2 * np.pi)), abs=1e-6)
+    assert law.cov([z])[0, 0] == pytest.approx(36 * 3 + 6, abs=1e-10)
+    cov = law.cov([z, m2])
+    assert cov[1, 1] == 0.0 and cov[0, 1] == 0.0
+    draws = law.sample([m2, z], 10, seed=0)
+    assert np.all(draws[:, 0] == law.value(m2))
+    with pytest.raises(netsor.ProgramError, match="is a vector"):
+        law.value(z)
+
+
+def test_mixed_nonlinearities_use_quadrature_with_a_bound():
+    """relu × erf has no closed form here: quadrature, checked against Monte Carlo."""
+    prog = netsor.Program()
+    u, v = prog.inputs(["u", "v"], cov=SIGMA)
+    a, b = netsor.nonlin("relu", u), netsor.nonlin("erf", v)
+    p = netsor.nonlin(np.multiply, a, b, name="p")
+    law = netsor.limit(prog)
+    kernel, bound = law.kernel([a, b], error=True)
+    z = np.random.default_rng(0).multivariate_normal([0, 0], SIGMA, size=400_000)
+    mc = np.maximum(z[:, 0], 0) * netsor.erf.fn(z[:, 1])
+    assert abs(kernel[0, 1] - mc.mean()) < 4 * mc.std() / np.sqrt(len(mc))
+    assert bound[0, 1] < 1e-4
+    assert law.mean([p])[0] == pytest.approx(kernel[0, 1], abs=1e-12)
+
+
+def test_fixed_inner_dimension_is_refused_by_name():
+    prog = netsor.Program()
+    x = prog.input("x")
+    q = prog.matrix("WQ", shape=(8, "n")) @ x
+    prog.matrix("WO", shape=("n", 8)) @ q
+    with pytest.raises(netsor.ProgramError, match="WOWQx := WO WQx: a MatMul over a fixed dimension 8"):
+        netsor.limit(prog)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.floats(-3, 3), min_size=3, max_size=3))
+def test_kernel_is_bilinear_in_lincombs(coeffs):
+    """Property: K(Σ c_j v_j, Σ c_j v_j) = cᵀ K(v) c for vectors mixing G-vars and nonlinearities."""
+    prog = netsor.Program()
+    u, v = prog.inputs(["u", "v"], cov=SIGMA)
+    vectors = [u, netsor.nonlin("relu", v), netsor.nonlin("tanh", u)]
+    z = netsor.lincomb(coeffs, vectors)
+    law = netsor.limit(prog)
+    K = law.kernel(vectors)
+    c = np.array(coeffs)
+    assert law.kernel([z])[0, 0] == pytest.approx(c @ K @ c, abs=1e-9)

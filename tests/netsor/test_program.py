@@ -1,0 +1,155 @@
+"""The IR: construction, printing, immutability, and every ProgramError case named at the boundary."""
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+
+import netsor
+from netsor import ProgramError
+
+
+def small_program():
+    prog = netsor.Program("p")
+    x, y = prog.inputs(["x", "y"], cov=[[1.0, 0.3], [0.3, 2.0]])
+    W = prog.matrix("W", var=2.0)
+    h = W @ x
+    a = netsor.nonlin("relu", h, name="a")
+    m = netsor.moment(np.square, a, name="m")
+    z = netsor.lincomb([2.0, m], [a, y], name="z")
+    return prog, dict(x=x, y=y, W=W, h=h, a=a, m=m, z=z)
+
+
+def test_program_prints_like_the_papers():
+    prog, v = small_program()
+    text = str(prog)
+    assert "x, y : input in R^n" in text
+    assert "W  : matrix n×n, entries iid N(0, 2/n)" in text
+    assert "Wx := W x" in text
+    assert "a  := relu(Wx)" in text
+    assert "m  := (1/n) Σ_α square(a)_α" in text
+    assert "z  := 2·a + m·y" in text
+    assert repr(v["h"]) == "<MatMul Wx := W x>"
+
+
+def test_nodes_are_immutable_and_looked_up_by_name():
+    prog, v = small_program()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        v["h"].name = "other"
+    assert prog["a"] is v["a"] and "z" in prog and v["z"] in prog
+    assert prog.ancestors([v["a"]]) == [v["x"], v["W"], v["h"], v["a"]]
+
+
+def test_operator_sugar_builds_lincombs():
+    prog, v = small_program()
+    x, y, m = v["x"], v["y"], v["m"]
+    assert (x + y).coeffs == (1.0, 1.0)
+    assert (x - y).coeffs == (1.0, -1.0)
+    assert (3 * x).coeffs == (3.0,) and (x / 4).coeffs == (0.25,) and (-x).coeffs == (-1.0,)
+    assert (m * x).coeffs == (m,)
+
+
+def test_program_error_is_a_value_error():
+    assert issubclass(ProgramError, ValueError)
+
+
+def test_shape_mismatch_names_both_operands():
+    prog = netsor.Program()
+    x = prog.input("x")
+    W = prog.matrix("WQ", shape=(4, "n"))
+    q = W @ x
+    with pytest.raises(ProgramError, match=r"WQ @ WQx: shape mismatch, WQ is 4×n but WQx ∈ R\^4"):
+        W @ q
+    with pytest.raises(ProgramError, match="different dimensions"):
+        netsor.nonlin(np.multiply, x, q)
+    with pytest.raises(ProgramError, match="dimension is 'n'"):
+        prog.matrix("V", shape=("n", 0))
+
+
+def test_variables_from_another_program():
+    p1, p2 = netsor.Program("one"), netsor.Program("two")
+    x1, x2 = p1.input("x"), p2.input("x")
+    W2 = p2.matrix("W")
+    with pytest.raises(ProgramError, match="different programs"):
+        W2 @ x1
+    with pytest.raises(ProgramError, match="different programs"):
+        x1 + x2
+    with pytest.raises(ProgramError, match="belongs to another program"):
+        netsor.limit(p1).cov([x2])
+    with pytest.raises(ProgramError, match="belongs to another program"):
+        netsor.simulate(p1, 8, [x2], 4)
+
+
+@pytest.mark.parametrize("cov, message", [
+    ([[1.0, 0.5], [0.4, 1.0]], "not symmetric"),
+    ([[1.0, 2.0], [2.0, 1.0]], "not positive semi-definite"),
+    ([[1.0, np.nan], [np.nan, 1.0]], "NaN or inf"),
+    ([[np.inf, 0.0], [0.0, 1.0]], "NaN or inf"),
+    ([[1.0, 0.0, 0.0]], "must be 2×2"),
+    ("abc", "numeric"),
+])
+def test_bad_covariances(cov, message):
+    with pytest.raises(ProgramError, match=message):
+        netsor.Program().inputs(["a", "b"], cov=cov)
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda p, x: p.matrix("W", var=math.inf), "finite real"),
+    (lambda p, x: p.matrix("W", var=-1.0), "non-negative"),
+    (lambda p, x: p.input("z", var=math.nan), "finite real"),
+    (lambda p, x: netsor.lincomb([math.nan], [x]), "finite real"),
+    (lambda p, x: netsor.lincomb([1.0, 2.0], [x]), "2 coefficients for 1 vectors"),
+    (lambda p, x: netsor.nonlin(netsor.clip(math.inf), x), "finite positive"),
+    (lambda p, x: x / 0, "division by zero"),
+])
+def test_non_finite_constants(build, message):
+    prog = netsor.Program()
+    x = prog.input("x")
+    with pytest.raises(ProgramError, match=message):
+        build(prog, x)
+
+
+def test_nonlinearity_errors():
+    prog = netsor.Program()
+    x = prog.input("x")
+    with pytest.raises(ProgramError, match="unknown nonlinearity 'softplus'.*built-ins are erf, gelu"):
+        netsor.nonlin("softplus", x)
+    with pytest.raises(ProgramError, match="must be vectorised"):
+        netsor.nonlin(lambda u: math.sin(u), x)
+    with pytest.raises(ProgramError, match="act coordinatewise"):
+        netsor.nonlin(lambda u: u.sum(), x)
+    with pytest.raises(ProgramError, match="takes 1 argument"):
+        netsor.nonlin("relu", x, x)
+    with pytest.raises(ProgramError, match="must be a name or a callable"):
+        netsor.nonlin(3, x)
+
+
+def test_names_must_be_unique_and_resolvable():
+    prog = netsor.Program()
+    prog.input("x")
+    with pytest.raises(ProgramError, match="already used"):
+        prog.input("x")
+    with pytest.raises(ProgramError, match="no variable named 'nope'"):
+        prog["nope"]
+    W = prog.matrix("W")
+    with pytest.raises(ProgramError, match="is a matrix"):
+        netsor.limit(prog).cov([W])
+    with pytest.raises(ProgramError, match="no variables given"):
+        netsor.limit(prog).cov([])
+
+
+def test_auto_names_are_unique():
+    prog = netsor.Program()
+    x = prog.input("x")
+    a, b = netsor.nonlin("relu", x), netsor.nonlin("relu", x)
+    assert a.name == "relu(x)" and b.name == "relu(x)_2"
+
+
+def test_user_nonlinearity_from_sympy():
+    import sympy
+    u = sympy.Symbol("u")
+    softplus = netsor.from_sympy(sympy.log(1 + sympy.exp(u)), u, name="softplus")
+    prog = netsor.Program()
+    y = netsor.nonlin(softplus, prog.input("x"))
+    np.testing.assert_allclose(y.phi(np.array([0.0, 1.0])), np.log1p(np.exp([0.0, 1.0])))
+    assert str(softplus.expr(u)) == "log(exp(u) + 1)"
