@@ -25,11 +25,11 @@ def test_dense_agrees_with_limit_at_width_2048_and_rejects_at_width_4(nonlineari
     net, variables = mlp_with_fourth_moments(nonlinearity)
     exact = net.law().cov(variables)
     wide = netsor.simulate(net.program, 2048, variables, 256, seed=11)
-    ok, err, tol = cov_check(wide, exact)
-    assert ok, f"width 2048: error {err:.3f} > tolerance {tol:.3f}"
+    ok, err, tol_all = cov_check(wide, exact)
+    assert ok, f"width 2048: error {err:.3f} > tolerance {tol_all:.3f}"
     # the Gaussian part alone has light tails, hence a tighter tolerance at the same N
     ok, err, tol = cov_check(wide[:, :4], exact[:4, :4])
-    assert ok and tol < 0.5, f"width 2048, (h2, f): error {err:.3f}, tolerance {tol:.3f}"
+    assert ok and tol < tol_all, f"width 2048, (h2, f): error {err:.3f}, tolerance {tol:.3f}"
     narrow = netsor.simulate(net.program, 4, variables, 20_000, seed=12)
     ok, err, tol = cov_check(narrow, exact)
     assert not ok, f"width 4 should be visibly non-Gaussian: error {err:.3f} <= tolerance {tol:.3f}"
