@@ -4,14 +4,15 @@ Write a program, then ask for its infinite-width law (`limit`) or its finite-wid
 from .errors import ProgramError
 from .law import Law, limit
 from .nonlinearities import Nonlinearity, clip, erf, from_sympy, gelu, identity, relu, tanh
-from .program import (Input, LinComb, MatMul, Matrix, Moment, Node, Nonlin, Program, Scalar, Vector, lincomb,
-                      matmul, moment, nonlin)
+from .program import (Dot, Input, LinComb, MatMul, Matrix, Moment, Node, Nonlin, Program, Scalar, ScalarFn,
+                      SoftmaxEntry, Vector, dot, lincomb, matmul, moment, nonlin, scalar_fn, softmax)
 from .finite_width import simulate
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ProgramError", "Program", "Node", "Vector", "Scalar", "Matrix", "Input", "MatMul", "Nonlin", "LinComb",
-    "Moment", "matmul", "nonlin", "lincomb", "moment", "limit", "Law", "simulate", "Nonlinearity", "identity",
+    "Moment", "Dot", "ScalarFn", "SoftmaxEntry", "matmul", "nonlin", "lincomb", "moment", "dot", "scalar_fn",
+    "softmax", "limit", "Law", "simulate", "Nonlinearity", "identity",
     "relu", "erf", "tanh", "gelu", "clip", "from_sympy",
 ]

@@ -19,7 +19,8 @@ from threadpoolctl import threadpool_limits
 from ._random import check_size, seed_sequence, stream
 from .errors import ProgramError
 from .kernels import gaussian_factor
-from .program import Input, LinComb, MatMul, Matrix, Moment, Nonlin, Program, Scalar, dim_size
+from .program import (Dot, Input, LinComb, MatMul, Matrix, Moment, Nonlin, Program, Scalar, ScalarFn, SoftmaxEntry,
+                      dim_size, stable_softmax)
 
 METHODS = ("dense",)
 BLOCK_FLOATS = 1 << 21  # ~16 MB of matrix entries per block of networks
@@ -42,9 +43,12 @@ def _rows_needed(program: Program, targets, width: int) -> dict[int, int]:
         if rows.get(node.index, 0) >= r:
             return
         rows[node.index] = r
-        if isinstance(node, Moment):
+        if isinstance(node, (Moment, Dot)):
             for a in node.args:
                 need(a, dim_size(a.dim, width))
+        elif isinstance(node, (ScalarFn, SoftmaxEntry)):
+            for p in node.parents():
+                need(p, 1)
         elif isinstance(node, MatMul):
             need(node.matrix, r)  # for a matrix: rows of it
             need(node.arg, dim_size(node.arg.dim, width))
@@ -108,6 +112,17 @@ def _simulate_block(program: Program, width: int, targets, rows, root, block: in
             values[node.index] = total
         elif isinstance(node, Moment):
             values[node.index] = np.mean(node.phi(*(values[a.index] for a in node.args)), axis=1)
+        elif isinstance(node, Dot):
+            a, b = node.args
+            values[node.index] = np.einsum("br,br->b", values[a.index], values[b.index]) / \
+                dim_size(a.dim, width) ** node.exponent
+        elif isinstance(node, ScalarFn):
+            values[node.index] = np.asarray(node.fn(*(values[a.index] for a in node.args)), dtype=float)
+        elif isinstance(node, SoftmaxEntry):
+            key = ("softmax", id(node.group))
+            if key not in values:
+                values[key] = stable_softmax([values[p.index] for p in node.group.scores])
+            values[node.index] = values[key][node.position]
         else:
             raise ProgramError(f"{node.name}: method='dense' has no rule for {type(node).__name__} nodes")
     out = np.empty((count, len(targets)))

@@ -8,6 +8,8 @@ Vectors have a dimension, the width "n" or a fixed integer N. Node kinds, as in 
     y := φ(h_1, ..., h_k)   Nonlin, coordinatewise
     z := Σ_j c_j v_j        LinComb, constant or scalar coefficients
     m := (1/n) Σ_α φ(v)_α   Moment scalar
+    p := g·g′ / n^a         Dot scalar (a = 1/2: random Gaussian limit; a = 1: deterministic)
+    c := f(p_1, ..., p_k)   scalar function (softmax entries are one)
 
 Every constructor validates its arguments and raises `ProgramError` naming the node, so a malformed program fails
 when it is written, not deep inside a sampler.
@@ -194,6 +196,59 @@ class Moment(Scalar):
 
     def parents(self):
         return self.args
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class Dot(Scalar):
+    """g1·g2 / dim^exponent, the sum over the vectors' common dimension (the width n, or a fixed N)."""
+
+    args: tuple
+    exponent: float
+
+    def definition(self) -> str:
+        a, b = self.args
+        scale = {0.5: f"sqrt({a.dim})", 1.0: f"{a.dim}"}.get(self.exponent, f"{a.dim}^{self.exponent:g}")
+        return f"{a.name}·{b.name} / {scale}"
+
+    def parents(self):
+        return self.args
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class ScalarFn(Scalar):
+    """f(s_1, ..., s_k) of scalar nodes; `fn` is vectorised over numpy arrays of samples."""
+
+    fn: object
+    args: tuple
+    label: str
+    symbolic: object = None  # builds a sympy expression from k sympy symbols, or None
+
+    def definition(self) -> str:
+        return f"{self.label}({', '.join(a.name for a in self.args)})"
+
+    def parents(self):
+        return self.args
+
+
+@dataclass(frozen=True, eq=False)
+class SoftmaxGroup:
+    """The scores one softmax normalises; its entries share one evaluation."""
+
+    scores: tuple
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class SoftmaxEntry(Scalar):
+    """softmax(scores)_position = exp(p_position) / Σ_j exp(p_j)."""
+
+    group: SoftmaxGroup
+    position: int
+
+    def definition(self) -> str:
+        return f"softmax({', '.join(p.name for p in self.group.scores)})[{self.position}]"
+
+    def parents(self):
+        return self.group.scores
 
 
 @dataclass(frozen=True, eq=False)
@@ -442,6 +497,78 @@ def lincomb(coeffs, xs, name: str | None = None) -> Vector:
     prog = _program_of(list(xs) + [c for c in checked if isinstance(c, Scalar)], where)
     return prog._add(LinComb, name or prog._fresh(_lincomb_text(checked, xs).replace(" ", "")),
                      dim=xs[0].dim, coeffs=tuple(checked), args=xs)
+
+
+SCALES = {"sqrt": 0.5, "linear": 1.0}
+
+
+def dot(g1: Vector, g2: Vector, scale="sqrt", name: str | None = None) -> Scalar:
+    """p := g1·g2 / dim^a with a = 1/2 ("sqrt"), 1 ("linear") or a given number, dim the vectors' dimension.
+
+    As n → ∞: a = 1 gives E[Z^g1 Z^g2]; a = 1/2 a Gaussian scalar, jointly over all such dots and independent of
+    every vector (needs E[Z^g1 Z^g2] = 0). Over a fixed dimension N the dot keeps its exact finite-N law.
+    """
+    where = f"dot {name}" if name else "dot"
+    if isinstance(scale, str):
+        if scale not in SCALES:
+            raise ProgramError(f"{where}: scale must be 'sqrt', 'linear' or a number, got {scale!r}")
+        exponent = SCALES[scale]
+    else:
+        exponent = _check_finite(scale, f"{where}: scale")
+    g1, g2 = _vectors((g1, g2), where)
+    prog = _program_of((g1, g2), where)
+    return prog._add(Dot, name or prog._fresh(f"{g1.name}·{g2.name}"), args=(g1, g2), exponent=exponent)
+
+
+def _scalars(args, where: str) -> tuple[Scalar, ...]:
+    if not args:
+        raise ProgramError(f"{where}: needs at least one scalar argument")
+    for a in args:
+        if not isinstance(a, Scalar):
+            raise ProgramError(f"{where}: arguments must be scalar nodes of a program, got {a!r}")
+    return tuple(args)
+
+
+def scalar_fn(f, *scalars: Scalar, name: str | None = None, expr=None) -> Scalar:
+    """c := f(s_1, ..., s_k) for a function f vectorised over numpy arrays; `expr` optionally builds its sympy form."""
+    label = getattr(f, "__name__", "f")
+    where = f"scalar_fn {name or label}"
+    if not callable(f):
+        raise ProgramError(f"{where}: f must be callable, got {type(f).__name__}")
+    scalars = _scalars(scalars, where)
+    prog = _program_of(scalars, where)
+    probe = [np.linspace(-1.0, 1.0, 5) + 0.1 * i for i in range(len(scalars))]
+    try:
+        with np.errstate(all="ignore"):
+            out = np.asarray(f(*probe), dtype=float)
+    except Exception as exc:  # noqa: BLE001 - user code
+        raise ProgramError(f"{where}: f failed on numpy arrays ({type(exc).__name__}: {exc}); "
+                           "it must be vectorised over samples") from None
+    if out.shape != (5,):
+        raise ProgramError(f"{where}: f must map arrays of shape (5,) to shape (5,), got {out.shape}")
+    return prog._add(ScalarFn, name or prog._fresh(f"{label}({','.join(s.name for s in scalars)})"),
+                     fn=f, args=scalars, label=label, symbolic=expr)
+
+
+def softmax(scalars, name: str | None = None) -> tuple[Scalar, ...]:
+    """(softmax(p)_1, ..., softmax(p)_k) as scalar nodes; evaluated stably (max subtracted) in every interpreter."""
+    scalars = tuple(scalars) if not isinstance(scalars, Scalar) else (scalars,)
+    where = f"softmax {name}" if name else "softmax"
+    scalars = _scalars(scalars, where)
+    prog = _program_of(scalars, where)
+    group = SoftmaxGroup(scalars)
+    base = name or (f"softmax({scalars[0].name}..)" if len(scalars) > 1 else f"softmax({scalars[0].name})")
+    return tuple(prog._add(SoftmaxEntry, prog._fresh(f"{base}[{j}]"), group=group, position=j)
+                 for j in range(len(scalars)))
+
+
+def stable_softmax(scores: Sequence[np.ndarray]) -> np.ndarray:
+    """softmax over a list of k equally shaped arrays, as one (k, ...) array; the maximum is subtracted first so
+    no exp overflows, whatever the size of the scores."""
+    stacked = np.stack([np.asarray(p, dtype=float) for p in scores])
+    weights = np.exp(stacked - stacked.max(axis=0))
+    weights /= weights.sum(axis=0)
+    return weights
 
 
 def moment(phi, *xs: Vector, name: str | None = None) -> Scalar:

@@ -1,0 +1,194 @@
+"""The law as formulas (sympy): what is random, its covariance, and the conditional law of the outputs.
+
+`describe(law, variables)` prints, in plain text or LaTeX:
+1. the random scalars, grouped into independent blocks, with their covariance — shown as A ⊗ B when it is a
+   Kronecker product (Van Loan–Pitsianis: C = A ⊗ B iff the rearranged matrix has rank one);
+2. scalar functions of them (softmax entries) as expressions;
+3. the conditional law of the requested vectors: Gaussian given the random scalars, covariance entries as
+   expressions in the scalars (kernels of deterministic vectors as numbers);
+4. the deterministic quantities used on the way (the kernel Σ of the vectors the scores are made of).
+"""
+from __future__ import annotations
+
+import numpy as np
+import sympy
+
+from .errors import ProgramError
+from .program import WIDTH, Dot, Input, LinComb, MatMul, Nonlin, Scalar, ScalarFn, SoftmaxEntry, Vector
+
+CONSTANTS = [sympy.sqrt(2), sympy.sqrt(3), sympy.pi]
+
+
+def number(x: float) -> sympy.Expr:
+    """A float as a readable sympy number (1/2, sqrt(2)/2, ...) when one is within 1e-12, else a Float."""
+    x = float(x)
+    if x == 0:
+        return sympy.Integer(0)
+    tolerance = 1e-12 * max(1.0, abs(x))
+    candidates = [sympy.nsimplify(x, [c], tolerance=tolerance) for c in CONSTANTS]  # one constant at a time
+    exact = min(candidates, key=lambda e: len(str(e)))
+    return exact if len(str(exact)) <= 16 and abs(float(exact) - x) <= tolerance else sympy.Float(x, 6)
+
+
+def symbol(node) -> sympy.Symbol:
+    return sympy.Symbol(node.name)
+
+
+def kronecker_factors(cov: np.ndarray, rtol: float = 1e-10):
+    """(A, B) with cov = A ⊗ B if cov is a Kronecker product of square factors (A at least 2×2), else None."""
+    D = cov.shape[0]
+    for a in range(2, D):
+        if D % a:
+            continue
+        b = D // a
+        rearranged = cov.reshape(a, b, a, b).transpose(0, 2, 1, 3).reshape(a * a, b * b)
+        u, s, vt = np.linalg.svd(rearranged)
+        if s[0] > 0 and (len(s) == 1 or s[1] <= rtol * s[0]):
+            A = (np.sqrt(s[0]) * u[:, 0]).reshape(a, a)
+            B = (np.sqrt(s[0]) * vt[0]).reshape(b, b)
+            if np.trace(A) < 0:
+                A, B = -A, -B
+            scale = np.sqrt(abs(np.trace(B) / np.trace(A))) if np.trace(A) else 1.0  # balance the factors
+            return A * scale, B / scale
+    return None
+
+
+def _matrix(values: np.ndarray) -> sympy.Matrix:
+    return sympy.Matrix(values.shape[0], values.shape[1], lambda i, j: number(values[i, j]))
+
+
+class _Symbolic:
+    """Kernels of vectors that are Gaussian given the random scalars, as sympy expressions in those scalars."""
+
+    def __init__(self, law):
+        self.law = law
+        self.structure = law.structure
+        self.calc = law._fine
+
+    def coefficient(self, c):
+        if isinstance(c, Scalar):
+            return symbol(c) if self.structure.is_random(c) else number(self.calc.scalar(c)[0])
+        return number(c)
+
+    def expansion(self, v: Vector) -> dict:
+        if isinstance(v, (Input, MatMul)):
+            return {v: sympy.Integer(1)}
+        if isinstance(v, Nonlin) and v.phi.name == "identity":
+            return self.expansion(v.args[0])
+        if isinstance(v, Nonlin):
+            return {v: sympy.Integer(1)}
+        out: dict = {}
+        for c, arg in zip(v.coeffs, v.args):
+            for atom, a in self.expansion(arg).items():
+                out[atom] = out.get(atom, 0) + self.coefficient(c) * a
+        return out
+
+    def kernel(self, u: Vector, v: Vector) -> sympy.Expr:
+        if not self.structure.is_random(u) and not self.structure.is_random(v):
+            return number(self.calc.kernel_matrix([u], [v])[0, 0, 0])
+        total = sympy.Integer(0)
+        for a, ca in self.expansion(u).items():
+            for b, cb in self.expansion(v).items():
+                total += ca * cb * self.atom_kernel(a, b)
+        return sympy.expand(total)
+
+    def atom_kernel(self, a, b) -> sympy.Expr:
+        if isinstance(a, Input) and isinstance(b, Input):
+            return number(a.group.cov[a.position, b.position]) if a.group is b.group else sympy.Integer(0)
+        if isinstance(a, MatMul) and isinstance(b, MatMul):
+            if a.matrix is not b.matrix:
+                return sympy.Integer(0)
+            if a.arg.dim != WIDTH:
+                return number(a.matrix.var) * sympy.Symbol(f"G[{a.arg.name},{b.arg.name}]")
+            return number(a.matrix.var) * self.kernel(a.arg, b.arg)
+        if isinstance(a, (Input, MatMul)) and isinstance(b, (Input, MatMul)):
+            return sympy.Integer(0)
+        return sympy.Symbol(f"E[{a.name}·{b.name}]")
+
+    def scalar(self, s: Scalar) -> sympy.Expr:
+        if isinstance(s, SoftmaxEntry):
+            exps = [sympy.exp(symbol(p)) for p in s.group.scores]
+            return exps[s.position] / sympy.Add(*exps)
+        if isinstance(s, ScalarFn):
+            args = [symbol(a) for a in s.args]
+            return s.symbolic(*args) if s.symbolic else sympy.Function(s.label)(*args)
+        if isinstance(s, Dot) and s.args[0].dim != WIDTH:
+            a, b = s.args
+            return sympy.Sum(sympy.Symbol(f"{a.name}_r") * sympy.Symbol(f"{b.name}_r"),
+                             (sympy.Symbol("r"), 1, a.dim)) / sympy.Integer(a.dim) ** number(s.exponent)
+        return symbol(s)
+
+
+def describe(law, variables=None, latex: bool = False) -> str:
+    program = law.program
+    if variables is None:
+        variables = [n for n in program.nodes if isinstance(n, Vector) and not any(
+            n in m.parents() for m in program.nodes)]
+    nodes = program.resolve(variables, "describe")
+    sym = _Symbolic(law)
+    show = sympy.latex if latex else sympy.sstr
+    lines = [f"Infinite-width law of {program.name!r}"]
+    random = law.random_scalars
+    gaussian_dots = [d for d in random if law._is_first_level_dot(d)]
+    if gaussian_dots:
+        lines.append("Random scalars: jointly Gaussian, zero mean, independent of every vector (SKI25):")
+        cov = law.score_cov(gaussian_dots)
+        for block in _independent_blocks(cov):
+            names = [gaussian_dots[i].name for i in block]
+            sub = cov[np.ix_(block, block)]
+            head = f"  ({', '.join(names)}) ~ N(0, C)"
+            factors = kronecker_factors(sub)
+            if factors is not None:
+                A, B = factors
+                same = np.allclose(A, B, atol=1e-12)
+                lines.append(head + (", C = Σ ⊗ Σ with" if same else ", C = A ⊗ B with"))
+                lines.append("    " + (f"Σ = {show(_matrix(A))}" if same else
+                                       f"A = {show(_matrix(A))}, B = {show(_matrix(B))}"))
+            else:
+                lines.append(head + f", C = {show(_matrix(sub))}")
+    others = [d for d in random if d not in gaussian_dots and not isinstance(d, (SoftmaxEntry, ScalarFn))]
+    if others:
+        lines.append("Other random scalars (sampled exactly: fixed dimensions or deeper levels):")
+        lines += [f"  {d.name} = {show(sym.scalar(d))}" for d in others]
+    functions = [s for s in random if isinstance(s, (SoftmaxEntry, ScalarFn))]
+    if functions:
+        lines.append("Scalar functions of them:")
+        shown = functions if len(functions) <= 8 else functions[:4] + [None] + functions[-2:]
+        for s in shown:
+            lines.append("  ..." if s is None else f"  {s.name} = {show(sym.scalar(s))}")
+    vectors = [v for v in nodes if isinstance(v, Vector) and v.dim == WIDTH]
+    if vectors:
+        names = ", ".join(v.name for v in vectors)
+        if any(law.structure.is_random(v) for v in vectors):
+            if not all(law.structure.is_gaussian(v) for v in vectors):
+                raise ProgramError("describe: the vectors are not Gaussian given the random scalars")
+            lines.append(f"Given the random scalars: ({names}) ~ N(0, K) with")
+        else:
+            lines.append(f"Deterministic Gaussian limit: ({names}) ~ N(μ, K) with μ = "
+                         f"{show(sympy.Matrix([[number(m) for m in law.mean(vectors)]]))} and")
+        for i, u in enumerate(vectors):
+            for j in range(i, len(vectors)):
+                lines.append(f"  K[{u.name},{vectors[j].name}] = {show(sym.kernel(u, vectors[j]))}")
+    deterministic = [s for s in nodes if isinstance(s, Scalar) and not law.structure.is_random(s)]
+    if deterministic:
+        lines.append("Deterministic scalars:")
+        lines += [f"  {s.name} = {show(number(law.value(s)))}" for s in deterministic]
+    return "\n".join(lines)
+
+
+def _independent_blocks(cov: np.ndarray) -> list[list[int]]:
+    """Connected components of the non-zero pattern of a covariance: mutually independent groups."""
+    D = cov.shape[0]
+    unseen, blocks = set(range(D)), []
+    while unseen:
+        stack, block = [min(unseen)], []
+        unseen.discard(stack[0])
+        while stack:
+            i = stack.pop()
+            block.append(i)
+            for j in list(unseen):
+                if abs(cov[i, j]) > 1e-14:
+                    unseen.discard(j)
+                    stack.append(j)
+        blocks.append(sorted(block))
+    return blocks

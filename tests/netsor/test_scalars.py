@@ -1,0 +1,166 @@
+"""Dot-product scalars, scalar functions, softmax, random coefficients, densities and the symbolic description."""
+import warnings
+
+import numpy as np
+import pytest
+from scipy import integrate, special, stats
+
+import netsor
+from netsor.program import stable_softmax
+from netsor.testing import cov_check
+
+
+def two_inputs(rho=0.0):
+    prog = netsor.Program()
+    x, y = prog.inputs(["x", "z"], cov=[[1.0, rho], [rho, 2.0]])
+    return prog, x, y
+
+
+def test_linear_dot_is_the_kernel_and_concentrates_at_finite_width():
+    prog, x, y = two_inputs(rho=0.5)
+    d = netsor.dot(x, y, scale="linear", name="d")
+    assert netsor.limit(prog).value(d) == pytest.approx(0.5, abs=1e-14)
+    finite = netsor.simulate(prog, 4096, [d], 400, seed=0)[:, 0]
+    assert abs(finite.mean() - 0.5) < 4 * np.sqrt((1 * 2 + 0.25) / 4096 / 400)
+
+
+def test_sqrt_dot_of_uncorrelated_inputs_is_gaussian_with_isserlis_variance():
+    prog, x, y = two_inputs()
+    p = netsor.dot(x, y, name="p")
+    law = netsor.limit(prog)
+    assert law.score_cov([p])[0, 0] == pytest.approx(2.0, abs=1e-14)  # Σ_xx Σ_yy + Σ_xy² = 1·2 + 0
+    assert law.cov([p])[0, 0] == pytest.approx(2.0, abs=1e-14)
+    draws = law.sample_scalars([p], 100_000, seed=1)[:, 0]
+    assert stats.kstest(draws / np.sqrt(2), "norm").pvalue > 1e-3
+    finite = netsor.simulate(prog, 512, [p], 20_000, seed=2)[:, 0]
+    assert stats.ks_2samp(draws, finite).pvalue > 1e-3
+    narrow = netsor.simulate(prog, 2, [p], 20_000, seed=3)[:, 0]  # power: width 2 is far from Gaussian
+    assert stats.ks_2samp(draws, narrow).pvalue < 1e-6
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda x, y: netsor.dot(x, y), r"diverges like sqrt\(n\).*scale='linear'"),
+    (lambda x, y: netsor.dot(x, y, scale=0.75), r"diverges like n\^0.25"),
+    (lambda x, y: netsor.dot(x, y, scale=0.3), "exponent 0.3 < 1/2 the dot diverges"),
+])
+def test_divergent_dots_are_refused_by_the_limit(build, message):
+    prog, x, y = two_inputs(rho=0.5)
+    build(x, y)
+    netsor.simulate(prog, 8, [x], 2, seed=0)  # a valid finite-width program all the same
+    with pytest.raises(netsor.ProgramError, match=message):
+        netsor.limit(prog)
+
+
+def test_dot_with_a_faster_decay_vanishes():
+    prog, x, y = two_inputs()
+    d = netsor.dot(x, y, scale=0.75)
+    assert netsor.limit(prog).value(d) == 0.0
+
+
+def test_sqrt_dot_through_one_matrix_is_not_covered():
+    prog, x, y = two_inputs()
+    W = prog.matrix("W")
+    netsor.dot(W @ x, W @ y, name="pW")
+    with pytest.raises(netsor.ProgramError, match="pW := Wx·Wz / sqrt\\(n\\): a 1/sqrt\\(n\\) dot needs one side"):
+        netsor.limit(prog)
+
+
+def test_dot_arguments_are_checked():
+    prog, x, y = two_inputs()
+    q = prog.matrix("WQ", shape=(3, "n")) @ x
+    with pytest.raises(netsor.ProgramError, match="different dimensions"):
+        netsor.dot(q, y)
+    with pytest.raises(netsor.ProgramError, match="scale must be 'sqrt', 'linear' or a number"):
+        netsor.dot(x, y, scale="cubic")
+
+
+def test_random_coefficient_gives_a_product_normal_law():
+    """y = p·x with p ~ N(0,1) independent of x: the product of two normals, density K₀(|y|)/π, kurtosis 6."""
+    prog = netsor.Program()
+    x, z = prog.inputs(["x", "z"])
+    p = netsor.dot(x, z, name="p")  # Var p = 1·1
+    y = netsor.lincomb([p], [x], name="y")
+    law = netsor.limit(prog)
+    draws = law.sample([y, p], 400_000, seed=4)
+    assert stats.kurtosis(draws[:, 0]) == pytest.approx(6.0, abs=0.6)
+    grid = np.array([0.05, 0.3, 1.0, 2.5])
+    exact = special.k0(grid) / np.pi
+    approx = law.pdf(grid, [y], mixture_size=200_000, seed=5)
+    np.testing.assert_allclose(approx, exact, rtol=0.03)
+    assert not np.allclose(law.pdf(grid, [y], mixture_size=1, seed=5), exact, rtol=0.03)  # power
+    total = integrate.quad(lambda t: 2 * law.pdf(np.array([t]), [y], mixture_size=4096)[0], 0, 30, limit=200)[0]
+    assert total == pytest.approx(1.0, abs=2e-3)
+
+
+def test_logpdf_of_a_gaussian_law_is_exact():
+    prog, x, y = two_inputs(rho=0.3)
+    W = prog.matrix("W", var=2.0)
+    h = W @ netsor.nonlin("relu", x)
+    law = netsor.limit(prog)
+    points = np.array([[0.1, -0.2, 0.3], [1.0, 2.0, -1.0]])
+    cov = law.cov([x, y, h])
+    np.testing.assert_allclose(law.logpdf(points, [x, y, h]), stats.multivariate_normal(np.zeros(3), cov).logpdf(points),
+                               rtol=1e-12)
+    with pytest.raises(netsor.ProgramError, match="last dimension 3"):
+        law.logpdf(np.zeros((2, 2)), [x, y, h])
+
+
+def test_moment_of_a_random_vector_is_its_conditional_expectation():
+    prog, x, z = two_inputs()
+    p = netsor.dot(x, z, name="p")
+    m = netsor.moment(np.square, netsor.lincomb([p], [x]), name="m")  # (1/n) Σ (p x_α)² → p² E[x²] = p²
+    draws = netsor.limit(prog).sample([p, m], 10_000, seed=6)
+    np.testing.assert_allclose(draws[:, 1], draws[:, 0] ** 2, rtol=1e-9)
+
+
+def test_scalar_functions_and_nonlinear_random_vectors():
+    prog, x, z = two_inputs()
+    p = netsor.dot(x, z, name="p")
+    t = netsor.scalar_fn(np.tanh, p, name="t")
+    v = netsor.nonlin("tanh", netsor.lincomb([t], [x]), name="v")  # tanh(tanh(p) x): quadrature per sample
+    law = netsor.limit(prog)
+    draws = law.sample([p, t, v], 50_000, seed=7)
+    np.testing.assert_allclose(draws[:, 1], np.tanh(draws[:, 0]), rtol=1e-12)
+    rng = np.random.default_rng(0)
+    pp, xx = rng.normal(0, np.sqrt(2), 1_000_000), rng.normal(size=1_000_000)
+    reference = np.tanh(np.tanh(pp) * xx) ** 2
+    second = law.kernel([v], size=20_000, seed=8)[0, 0]
+    assert abs(second - reference.mean()) < 5 * reference.std() / np.sqrt(20_000)
+    with pytest.raises(netsor.ProgramError, match="must be vectorised"):
+        netsor.scalar_fn(lambda s: float(s), p)
+
+
+def test_softmax_is_stable_for_huge_scores():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        a = stable_softmax([np.array([1e4, -1e4]), np.array([1e4 - 1, 1e4]), np.array([-1e4, 0.0])])
+    assert np.all(np.isfinite(a))
+    np.testing.assert_allclose(a.sum(axis=0), 1.0)
+    np.testing.assert_allclose(a[:, 0], [1 / (1 + np.exp(-1)), np.exp(-1) / (1 + np.exp(-1)), 0.0])
+
+
+def test_sampling_is_deterministic_across_threads_and_sizes():
+    prog, x, z = two_inputs()
+    p = netsor.dot(x, z, name="p")
+    y = netsor.lincomb([netsor.softmax([p, netsor.dot(z, x, name="p2")])[0]], [x], name="y")
+    law = netsor.limit(prog)
+    a = law.sample([y, p], 70_000, seed=9, threads=1)
+    b = law.sample([y, p], 70_000, seed=9, threads=2)
+    c = law.sample([y, p], 40_000, seed=np.random.SeedSequence(9))
+    assert np.array_equal(a, b) and np.array_equal(a[:40_000], c)
+    conditional = law.conditional_cov([y], 40_000, seed=9)
+    assert conditional.shape == (40_000, 1, 1)
+    assert cov_check(a[:, :1], conditional.mean(axis=0))[0]
+
+
+def test_describe_shows_the_hierarchy():
+    prog, x, z = two_inputs()
+    p = netsor.dot(x, z, name="p")
+    y = netsor.lincomb([p], [x], name="y")
+    m = netsor.moment(np.square, x, name="m")
+    text = netsor.limit(prog).describe([y, m])
+    assert "(p) ~ N(0, C), C = Matrix([[2]])" in text
+    assert "Given the random scalars: (y) ~ N(0, K) with" in text and "K[y,y] = p**2" in text
+    assert "m = 1" in text
+    latex = netsor.limit(prog).describe([y], latex=True)
+    assert "p^{2}" in latex
