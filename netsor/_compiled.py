@@ -62,65 +62,90 @@ def semidefinite_cholesky(cov):
 
 @numba.njit(**_JIT)
 def sample_gaussian(cov, z):
-    """x[:, s] = L_s z[:, s] with L_s L_sᵀ = cov[:, :, s]; cov (d, d, S) or (d, d, 1) shared; z (d, S)."""
-    d, S = z.shape
+    """x[:, s] = L_s z[s] with L_s L_sᵀ = cov[:, :, s]; cov (d, d, S) or (d, d, 1) shared; z (S, d) sample-major
+    standard normals (so the first samples never depend on how many are drawn)."""
+    S, d = z.shape
     out = np.zeros((d, S))
     if cov.shape[2] == 1:
         factor = np.empty((d, d))
         _cholesky_into(np.ascontiguousarray(cov[:, :, 0]), factor, PIVOT_RTOL)
-        for i in range(d):
-            for k in range(i + 1):
-                f = factor[i, k]
-                for s in range(S):
-                    out[i, s] += f * z[k, s]
+        for s in range(S):
+            for i in range(d):
+                acc = 0.0
+                for k in range(i + 1):
+                    acc += factor[i, k] * z[s, k]
+                out[i, s] = acc
         return out
-    factors = semidefinite_cholesky(cov)
-    for i in range(d):
-        for k in range(i + 1):
-            for s in range(S):
-                out[i, s] += factors[i, k, s] * z[k, s]
+    local = np.empty((d, d))
+    factor = np.empty((d, d))
+    for s in range(S):
+        for i in range(d):
+            for j in range(d):
+                local[i, j] = cov[i, j, s]
+        _cholesky_into(local, factor, PIVOT_RTOL)
+        for i in range(d):
+            acc = 0.0
+            for k in range(i + 1):
+                acc += factor[i, k] * z[s, k]
+            out[i, s] = acc
     return out
 
 
+TILE = 512  # samples per tile: the tile of every operand stays in cache across the small-matrix loops
+
+
 @numba.njit(**_JIT)
-def matmul_stacks(A, B):
-    """C[:, :, s] = A_s B_s for sample-last stacks, a stack of length 1 shared by all samples. The four sharing
-    cases get their own loops so the innermost loop runs over contiguous samples."""
+def matmul_stacks(A, B, transpose_b, symmetric):
+    """C[:, :, s] = A_s B_s (or A_s B_sᵀ) for sample-last stacks, a stack of length 1 shared by all samples.
+    Tiled over samples so each tile is reused from cache for every (i, k, j); exact zeros of shared entries
+    are skipped (block-diagonal coefficient matrices are common). `symmetric`: the result is known to be
+    symmetric, so only j ≥ i is computed and mirrored."""
     I, K, na = A.shape
-    _, J, nb = B.shape
+    if transpose_b:
+        J, K2, nb = B.shape
+    else:
+        K2, J, nb = B.shape
     S = max(na, nb)
     C = np.zeros((I, J, S))
-    if na == 1 and nb == 1:
+    for start in range(0, S, TILE):
+        stop = min(S, start + TILE)
         for i in range(I):
             for k in range(K):
-                for j in range(J):
-                    C[i, j, 0] += A[i, k, 0] * B[k, j, 0]
-    elif na == 1:
+                for j in range(i if symmetric else 0, J):
+                    if na == 1 and nb == 1:
+                        if start == 0:
+                            b = B[j, k, 0] if transpose_b else B[k, j, 0]
+                            C[i, j, 0] += A[i, k, 0] * b
+                    elif na == 1:
+                        a = A[i, k, 0]
+                        if a != 0.0:
+                            if transpose_b:
+                                for s in range(start, stop):
+                                    C[i, j, s] += a * B[j, k, s]
+                            else:
+                                for s in range(start, stop):
+                                    C[i, j, s] += a * B[k, j, s]
+                    elif nb == 1:
+                        b = B[j, k, 0] if transpose_b else B[k, j, 0]
+                        if b != 0.0:
+                            for s in range(start, stop):
+                                C[i, j, s] += A[i, k, s] * b
+                    elif transpose_b:
+                        for s in range(start, stop):
+                            C[i, j, s] += A[i, k, s] * B[j, k, s]
+                    else:
+                        for s in range(start, stop):
+                            C[i, j, s] += A[i, k, s] * B[k, j, s]
+    if symmetric:
         for i in range(I):
-            for k in range(K):
-                a = A[i, k, 0]
-                if a != 0.0:
-                    for j in range(J):
-                        for s in range(S):
-                            C[i, j, s] += a * B[k, j, s]
-    elif nb == 1:
-        for k in range(K):
-            for j in range(J):
-                b = B[k, j, 0]
-                if b != 0.0:
-                    for i in range(I):
-                        for s in range(S):
-                            C[i, j, s] += A[i, k, s] * b
-    else:
-        for i in range(I):
-            for k in range(K):
-                for j in range(J):
-                    for s in range(S):
-                        C[i, j, s] += A[i, k, s] * B[k, j, s]
+            for j in range(i):
+                for s in range(S):
+                    C[i, j, s] = C[j, i, s]
     return C
 
 
-def quadratic_forms(left, middle, right):
+def quadratic_forms(left, middle, right, symmetric: bool = False):
     """left_s middle_s right_sᵀ for sample-last stacks: the conditional kernel C_u K C_vᵀ of linear combinations
-    with per-sample coefficients, (ku, m, ·), (m, mv, ·), (kv, mv, ·) → (ku, kv, S)."""
-    return matmul_stacks(matmul_stacks(left, middle), np.ascontiguousarray(right.transpose(1, 0, 2)))
+    with per-sample coefficients, (ku, m, ·), (m, mv, ·), (kv, mv, ·) → (ku, kv, S). `symmetric` when
+    left is right and middle is symmetric."""
+    return matmul_stacks(matmul_stacks(left, middle, False, False), right, True, symmetric)

@@ -208,10 +208,17 @@ class _Calculus:
             return self.base.kernel_matrix(us, vs)
         key = (tuple(u.index for u in us), tuple(v.index for v in vs))
         if key not in self._kernels:
+            symmetric = key[0] == key[1]
             atoms_u, left = self._coefficients(us)
-            atoms_v, right = self._coefficients(vs)
-            middle = self.atom_kernel(atoms_u, atoms_v)
-            self._kernels[key] = quadratic_forms(left, np.ascontiguousarray(middle), right)
+            atoms_v, right = (atoms_u, left) if symmetric else self._coefficients(vs)
+            total = None
+            # atoms of different matrices (or input groups) are independent: one small form per class
+            for rows, cols in _independence_classes(atoms_u, atoms_v):
+                middle = self.atom_kernel([atoms_u[i] for i in rows], [atoms_v[j] for j in cols])
+                part = quadratic_forms(_columns(left, rows), np.ascontiguousarray(middle), _columns(right, cols),
+                                       symmetric)
+                total = part if total is None else _add_stacks(total, part)
+            self._kernels[key] = total if total is not None else np.zeros((len(us), len(vs), 1))
         return self._kernels[key]
 
     def _coefficients(self, vs):
@@ -280,7 +287,10 @@ class _Calculus:
             return self._kernels[key]
         value = self._closed_form_product(a, b)
         if value is None:
-            value = self.expectation([a, b], product=True)
+            if not np.any(self.kernel_matrix(list(self.frontier(a)), list(self.frontier(b)))):
+                value = self.atom_mean(a) * self.atom_mean(b)  # independent Gaussian frontiers: E[AB] = E[A] E[B]
+            else:
+                value = self.expectation([a, b], product=True)
         self._kernels[key] = value
         return value
 
@@ -432,6 +442,41 @@ class _Calculus:
             raise ProgramError(f"{node.name}: cannot evaluate a {type(node).__name__} in the limit")
         memo[node.index] = value
         return value
+
+
+def _independence_classes(atoms_u, atoms_v) -> list[tuple[list[int], list[int]]]:
+    """Index sets of the atoms grouped so that atoms in different groups have zero kernel: MatMuls by one matrix,
+    inputs of one group; a Nonlin atom may correlate with anything, so it merges everything into one group."""
+    def key(atom):
+        if isinstance(atom, MatMul):
+            return ("matrix", atom.matrix.index)
+        if isinstance(atom, Input):
+            return ("inputs", id(atom.group))
+        return None
+
+    if any(key(a) is None for a in list(atoms_u) + list(atoms_v)):
+        return [(list(range(len(atoms_u))), list(range(len(atoms_v))))]
+    classes: dict = {}
+    for i, a in enumerate(atoms_u):
+        classes.setdefault(key(a), ([], []))[0].append(i)
+    for j, b in enumerate(atoms_v):
+        classes.setdefault(key(b), ([], []))[1].append(j)
+    return [(rows, cols) for rows, cols in classes.values() if rows and cols]
+
+
+def _columns(coeffs: np.ndarray, index: list[int]) -> np.ndarray:
+    """coeffs[:, index] as a contiguous array, without a copy when the index is every column."""
+    if index == list(range(coeffs.shape[1])):
+        return coeffs
+    return np.ascontiguousarray(coeffs[:, index])
+
+
+def _add_stacks(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a + b for sample-last stacks where either may be shared (last axis 1)."""
+    if a.shape[2] >= b.shape[2]:
+        a += b
+        return a
+    return b + a
 
 
 class _MomentIntegrand:
@@ -616,7 +661,8 @@ class Law:
                 cov, K, a, b = _isserlis(calc, dots)
                 for d, i, j in zip(dots, a, b):
                     _check_zero_kernel(d, K[np.ix_([i, j], [i, j])])
-                draws = self._gaussian(cov, _normals(rng_for(level, 0), len(dots), env.size), ("dots", level))
+                draws = self._gaussian(cov, _normals(rng_for(level, 0), len(dots), env.size),
+                                       ("dots",) + tuple(d.index for d in dots))
                 for i, d in enumerate(dots):
                     env.values[d.index] = draws[i]
             rows = [s for s in sources if is_row_gvar(s) and self.structure.level[s.index] == level]
@@ -626,19 +672,24 @@ class Law:
                 z = _normals(rng_for(level, 1, dim), len(group), env.size * dim)
                 if K.shape[2] > 1:  # one covariance per sample, shared by its N rows
                     K = np.ascontiguousarray(np.repeat(K, dim, axis=2))
-                draws = self._gaussian(K, z, ("rows", level, dim)).reshape(len(group), env.size, dim)
+                draws = self._gaussian(K, z, ("rows",) + tuple(g.index for g in group)).reshape(len(group), env.size, dim)
                 for i, g in enumerate(group):
                     env.rows[g.index] = draws[i]
 
     def _gaussian(self, cov: np.ndarray, z: np.ndarray, key) -> np.ndarray:
-        """Columns of z (d, S) mapped through the factor of cov (d, d, B): shared (factored once per law) or one
-        per sample."""
+        """Normals z (S, d) mapped through the factor of cov (d, d, B) into (d, S): one factor shared by all
+        samples (factored once per law and set of variables `key`) or one per sample."""
         if cov.shape[2] > 1:
             return sample_gaussian(np.ascontiguousarray(cov), z)
-        factor = self._shared_factors.get(key)
-        if factor is None:
-            factor = self._shared_factors[key] = semidefinite_cholesky(np.ascontiguousarray(cov))[:, :, 0]
-        return factor @ z
+        blocks = self._shared_factors.get(key)
+        if blocks is None:  # independent groups (e.g. heads) are factored separately: less work per sample
+            blocks = self._shared_factors[key] = [
+                (_as_slice(block), semidefinite_cholesky(np.ascontiguousarray(cov[np.ix_(block, block)]))[:, :, 0])
+                for block in independent_blocks(cov[:, :, 0])]
+        out = np.empty((cov.shape[0], z.shape[0]))
+        for index, factor in blocks:
+            out[index] = factor @ z[:, index].T  # BLAS reads the transposed view without a copy
+        return out
 
     def sample(self, variables, size: int, seed=None, threads: int | None = None) -> np.ndarray:
         """(size, k) joint draws of the limit: coordinate 0 of each vector, the value of each scalar."""
@@ -762,9 +813,31 @@ class Law:
         return describe(self, variables, latex=latex)
 
 
+def independent_blocks(cov: np.ndarray) -> list[list[int]]:
+    """Connected components of the non-zero pattern of a covariance: mutually independent groups."""
+    D = cov.shape[0]
+    unseen, blocks = set(range(D)), []
+    while unseen:
+        stack, block = [min(unseen)], []
+        unseen.discard(stack[0])
+        while stack:
+            i = stack.pop()
+            block.append(i)
+            linked = [j for j in unseen if cov[i, j] != 0.0 or cov[j, i] != 0.0]
+            unseen.difference_update(linked)
+            stack.extend(linked)
+        blocks.append(sorted(block))
+    return blocks
+
+
+def _as_slice(index: list[int]):
+    """A slice for a run of consecutive indices (a view, not a copy), else the list itself."""
+    return slice(index[0], index[-1] + 1) if index == list(range(index[0], index[-1] + 1)) else index
+
+
 def _normals(rng, d: int, S: int) -> np.ndarray:
-    """(d, S) standard normals drawn sample-major, so the first samples do not depend on how many are drawn."""
-    return np.ascontiguousarray(rng.standard_normal((S, d)).T)
+    """(S, d) standard normals, drawn sample-major so the first samples do not depend on how many are drawn."""
+    return rng.standard_normal((S, d))
 
 
 def _isserlis(calc: _Calculus, dots):

@@ -37,9 +37,8 @@ def symbol(node) -> sympy.Symbol:
 def kronecker_factors(cov: np.ndarray, rtol: float = 1e-10):
     """(A, B) with cov = A ⊗ B if cov is a Kronecker product of square factors (A at least 2×2), else None."""
     D = cov.shape[0]
-    for a in range(2, D):
-        if D % a:
-            continue
+    splits = sorted((a for a in range(2, D) if D % a == 0), key=lambda a: abs(a - D // a))  # balanced first
+    for a in splits:
         b = D // a
         rearranged = cov.reshape(a, b, a, b).transpose(0, 2, 1, 3).reshape(a * a, b * b)
         u, s, vt = np.linalg.svd(rearranged)
@@ -133,14 +132,14 @@ def describe(law, variables=None, latex: bool = False) -> str:
     if gaussian_dots:
         lines.append("Random scalars: jointly Gaussian, zero mean, independent of every vector (SKI25):")
         cov = law.score_cov(gaussian_dots)
-        for block in _independent_blocks(cov):
+        for block in _dot_groups(gaussian_dots, cov):
             names = [gaussian_dots[i].name for i in block]
             sub = cov[np.ix_(block, block)]
             head = f"  ({', '.join(names)}) ~ N(0, C)"
             factors = kronecker_factors(sub)
             if factors is not None:
                 A, B = factors
-                same = np.allclose(A, B, atol=1e-12)
+                same = A.shape == B.shape and np.allclose(A, B, atol=1e-12)
                 lines.append(head + (", C = Σ ⊗ Σ with" if same else ", C = A ⊗ B with"))
                 lines.append("    " + (f"Σ = {show(_matrix(A))}" if same else
                                        f"A = {show(_matrix(A))}, B = {show(_matrix(B))}"))
@@ -176,19 +175,25 @@ def describe(law, variables=None, latex: bool = False) -> str:
     return "\n".join(lines)
 
 
-def _independent_blocks(cov: np.ndarray) -> list[list[int]]:
-    """Connected components of the non-zero pattern of a covariance: mutually independent groups."""
-    D = cov.shape[0]
-    unseen, blocks = set(range(D)), []
-    while unseen:
-        stack, block = [min(unseen)], []
-        unseen.discard(stack[0])
-        while stack:
-            i = stack.pop()
-            block.append(i)
-            for j in list(unseen):
-                if abs(cov[i, j]) > 1e-14:
-                    unseen.discard(j)
-                    stack.append(j)
-        blocks.append(sorted(block))
-    return blocks
+def _dot_groups(dots, cov: np.ndarray) -> list[list[int]]:
+    """Dots grouped by the matrices (or inputs) their two sides come from, e.g. one group per attention head;
+    groups with any non-zero covariance between them are merged, so the groups are independent."""
+    def source(v):
+        return ("matrix", v.matrix.index) if isinstance(v, MatMul) else ("vector", v.index)
+
+    keys: dict = {}
+    for i, d in enumerate(dots):
+        keys.setdefault(frozenset(source(v) for v in d.args), []).append(i)
+    groups = list(keys.values())
+    merged = True
+    while merged:
+        merged = False
+        for a in range(len(groups)):
+            for b in range(a + 1, len(groups)):
+                if np.any(cov[np.ix_(groups[a], groups[b])]):
+                    groups[a] = sorted(groups[a] + groups.pop(b))
+                    merged = True
+                    break
+            if merged:
+                break
+    return groups
