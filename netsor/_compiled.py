@@ -43,6 +43,16 @@ def _cholesky_into(cov, out, tol):
 
 
 @numba.njit(**_JIT)
+def _factor_sample(cov, s, local, factor):
+    """factor ← the semi-definite Cholesky factor of cov[:, :, s] (copied into `local` first)."""
+    d = cov.shape[0]
+    for i in range(d):
+        for j in range(d):
+            local[i, j] = cov[i, j, s]
+    _cholesky_into(local, factor, PIVOT_RTOL)
+
+
+@numba.njit(**_JIT)
 def semidefinite_cholesky(cov):
     """Per-sample factors of a stack of PSD matrices, (d, d, B) → (d, d, B)."""
     d, _, B = cov.shape
@@ -50,13 +60,8 @@ def semidefinite_cholesky(cov):
     local = np.empty((d, d))
     factor = np.empty((d, d))
     for b in range(B):
-        for i in range(d):
-            for j in range(d):
-                local[i, j] = cov[i, j, b]
-        _cholesky_into(local, factor, PIVOT_RTOL)
-        for i in range(d):
-            for j in range(d):
-                out[i, j, b] = factor[i, j]
+        _factor_sample(cov, b, local, factor)
+        out[:, :, b] = factor
     return out
 
 
@@ -65,24 +70,15 @@ def sample_gaussian(cov, z):
     """x[:, s] = L_s z[s] with L_s L_sᵀ = cov[:, :, s]; cov (d, d, S) or (d, d, 1) shared; z (S, d) sample-major
     standard normals (so the first samples never depend on how many are drawn)."""
     S, d = z.shape
-    out = np.zeros((d, S))
-    if cov.shape[2] == 1:
-        factor = np.empty((d, d))
-        _cholesky_into(np.ascontiguousarray(cov[:, :, 0]), factor, PIVOT_RTOL)
-        for s in range(S):
-            for i in range(d):
-                acc = 0.0
-                for k in range(i + 1):
-                    acc += factor[i, k] * z[s, k]
-                out[i, s] = acc
-        return out
+    shared = cov.shape[2] == 1
+    out = np.empty((d, S))
     local = np.empty((d, d))
     factor = np.empty((d, d))
+    if shared:
+        _factor_sample(cov, 0, local, factor)
     for s in range(S):
-        for i in range(d):
-            for j in range(d):
-                local[i, j] = cov[i, j, s]
-        _cholesky_into(local, factor, PIVOT_RTOL)
+        if not shared:
+            _factor_sample(cov, s, local, factor)
         for i in range(d):
             acc = 0.0
             for k in range(i + 1):
