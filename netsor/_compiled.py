@@ -145,3 +145,43 @@ def quadratic_forms(left, middle, right, symmetric: bool = False):
     with per-sample coefficients, (ku, m, ·), (m, mv, ·), (kv, mv, ·) → (ku, kv, S). `symmetric` when
     left is right and middle is symmetric."""
     return matmul_stacks(matmul_stacks(left, middle, False, False), right, True, symmetric)
+
+
+@numba.njit(**_JIT)
+def bilinear_forms(left, gram, right):
+    """out[s] = left[s]ᵀ gram[s] right[s] for (S, a), (S, a, b), (S, b): dots u·v = c_uᵀ G c_v per network."""
+    S, a = left.shape
+    b = right.shape[1]
+    out = np.zeros(S)
+    for s in range(S):
+        acc = 0.0
+        for i in range(a):
+            row = 0.0
+            for j in range(b):
+                row += gram[s, i, j] * right[s, j]
+            acc += left[s, i] * row
+        out[s] = acc
+    return out
+
+
+@numba.njit(**_JIT)
+def congruences(coeffs, gram):
+    """out[s] = coeffs[s]ᵀ gram[s] coeffs[s] for (S, m, k), (S, m, m): the Gram CᵀGC of vectors V = B C."""
+    S, m, k = coeffs.shape
+    out = np.zeros((S, k, k))
+    tmp = np.empty((m, k))
+    for s in range(S):
+        for a in range(m):
+            for j in range(k):
+                acc = 0.0
+                for b in range(m):
+                    acc += gram[s, a, b] * coeffs[s, b, j]
+                tmp[a, j] = acc
+        for i in range(k):
+            for j in range(i, k):
+                acc = 0.0
+                for a in range(m):
+                    acc += coeffs[s, a, i] * tmp[a, j]
+                out[s, i, j] = acc
+                out[s, j, i] = acc
+    return out

@@ -1,7 +1,7 @@
 """Finite-width interpreters: run a program at width n and report coordinate 0 of each requested variable.
 
 method="dense" builds real Gaussian matrices and multiplies them, the brute-force reference every faster method
-is checked against. Networks are processed in blocks; each block draws every input group and matrix from its own
+is checked against; method="exact" (netsor.exact) draws the same law from Gram matrices at a cost independent of n. Networks are processed in blocks; each block draws every input group and matrix from its own
 stream keyed by (seed, block, node), so results do not depend on chunk size or thread count. Only the rows of a
 matrix that some requested coordinate depends on are drawn, and rows are drawn first-row-first, so the values of
 the rows that are drawn do not depend on which variables were requested.
@@ -16,13 +16,14 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from . import exact
 from ._random import check_size, seed_sequence, stream
 from .errors import ProgramError
 from .kernels import gaussian_factor
 from .program import (Dot, Input, LinComb, MatMul, Matrix, Moment, Nonlin, Program, Scalar, ScalarFn, SoftmaxEntry,
                       dim_size, stable_softmax)
 
-METHODS = ("dense",)
+METHODS = ("auto", "dense", "exact")
 BLOCK_FLOATS = 1 << 21  # ~16 MB of matrix entries per block of networks
 
 
@@ -132,9 +133,13 @@ def _simulate_block(program: Program, width: int, targets, rows, root, block: in
     return out
 
 
-def simulate(program: Program, width: int, variables, size: int, seed=None, method: str = "dense",
+def simulate(program: Program, width: int, variables, size: int, seed=None, method: str = "auto",
              chunk_size: int | None = None, threads: int | None = None) -> np.ndarray:
     """Coordinate 0 of each requested variable (scalars: their value) in `size` independent width-`width` networks.
+
+    method: "dense" multiplies real Gaussian matrices (any program, O(n²) per network); "exact" draws the same
+    law from Gram matrices at a cost independent of n (programs linear in their vectors, see `netsor.exact`);
+    "auto" (the default) uses exact wherever it applies and dense elsewhere.
 
     Returns an array (size, len(variables)). `chunk_size` bounds how many networks are held in memory at once;
     `threads` (default: all cores) runs blocks in parallel. Neither changes the result for a given seed, and a
@@ -151,21 +156,34 @@ def simulate(program: Program, width: int, variables, size: int, seed=None, meth
     targets = program.resolve(variables, "simulate")
     size = check_size(size)
     root = seed_sequence(seed)
-    block = block_size(program, width)
     if chunk_size is not None:
         chunk_size = check_size(chunk_size, "chunk_size")
-    threads = (os.cpu_count() or 1) if threads is None else check_size(threads, "threads")
+    if threads is not None:
+        threads = check_size(threads, "threads")
+    if method == "auto":
+        method = "exact" if exact.reducible(program, targets) else "dense"
+    if method == "exact":
+        plan = exact.ExactPlan(program, targets)
+        work = lambda b: exact.simulate_exact_block(plan, width, targets, root, b[0], b[2])  # noqa: E731
+        return _run_blocks(work, size, exact.EXACT_BLOCK, len(targets), chunk_size, threads)
+    block = block_size(program, width)
     rows = _rows_needed(program, targets, width)
+    work = lambda b: _simulate_block(program, width, targets, rows, root, b[0], block, b[2])  # noqa: E731
+    return _run_blocks(work, size, block, len(targets), chunk_size, threads)
+
+
+def _run_blocks(work, size: int, block: int, columns: int, chunk_size, threads) -> np.ndarray:
+    """work((block index, start, count)) → (count, columns) for every block of networks, in parallel, written in
+    order into one array; chunk_size bounds how many networks are in flight at once."""
+    threads = threads or os.cpu_count() or 1
     blocks = [(b, start, min(block, size - start)) for b, start in enumerate(range(0, size, block))]
     # a chunk is a run of whole blocks; chunk_size only bounds memory
     per_chunk = max(threads, (chunk_size or block * threads) // block)
-    out = np.empty((size, len(targets)))
+    out = np.empty((size, columns))
     # our threads split the networks; BLAS threads on top of them only contend for the same cores
     with ThreadPoolExecutor(max_workers=threads) as pool, threadpool_limits(1 if threads > 1 else None, "blas"):
         for i in range(0, len(blocks), per_chunk):
             chunk = blocks[i:i + per_chunk]
-            results = pool.map(
-                lambda b: _simulate_block(program, width, targets, rows, root, b[0], block, b[2]), chunk)
-            for (b, start, count), res in zip(chunk, results):
+            for (b, start, count), res in zip(chunk, pool.map(work, chunk)):
                 out[start:start + count] = res
     return out

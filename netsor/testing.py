@@ -35,3 +35,14 @@ def cov_check(samples: np.ndarray, cov: np.ndarray, z: float = 4.0) -> tuple[boo
 def assert_cov_close(samples: np.ndarray, cov: np.ndarray, z: float = 4.0) -> None:
     ok, err, tol = cov_check(samples, cov, z)
     assert ok, f"relative Frobenius error {err:.4g} exceeds the tolerance {tol:.4g} for N = {len(samples)}"
+
+
+def two_sample_cov_check(a: np.ndarray, b: np.ndarray, z: float = 4.0) -> tuple[bool, float, float]:
+    """(passes, ‖Ĉ_a − Ĉ_b‖_F / ‖Ĉ_b‖_F, tolerance) for two independent samples of the same law; the tolerance
+    adds the two samples' variances of the covariance estimates."""
+    ca = np.atleast_2d(np.cov(np.asarray(a, float), rowvar=False))
+    cb = np.atleast_2d(np.cov(np.asarray(b, float), rowvar=False))
+    scale = np.linalg.norm(cb)
+    err = float(np.linalg.norm(ca - cb) / scale)
+    tol = float(np.hypot(frobenius_tolerance(a, cb, z), frobenius_tolerance(b, cb, z)))
+    return err <= tol, err, tol

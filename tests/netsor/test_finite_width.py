@@ -96,7 +96,9 @@ def test_results_do_not_depend_on_chunks_threads_or_size():
     (dict(width=2.5), "width must be a positive integer"),
     (dict(size=0), "size must be a positive integer"),
     (dict(seed=-1), "seed must be"),
-    (dict(method="exact"), "unknown method 'exact'"),
+    (dict(method="fast"), "unknown method 'fast'"),
+    (dict(method="exact"), "the nonlinearity relu is not linear"),
+    (dict(threads=0), "threads must be"),
     (dict(chunk_size=0), "chunk_size must be"),
     (dict(variables=["missing"]), "no variable named 'missing'"),
 ])

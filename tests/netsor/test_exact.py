@@ -1,0 +1,100 @@
+"""Exact finite-width sampling from Gram matrices against dense networks, a closed form, and the limit."""
+import numpy as np
+import pytest
+from scipy import stats
+
+import netsor
+from limits import attention_layer
+from netsor.testing import two_sample_cov_check
+
+SPD = np.array([[1.0, 0.3, 0.1, 0.0], [0.3, 1.2, 0.2, 0.1], [0.1, 0.2, 0.8, 0.3], [0.0, 0.1, 0.3, 1.1]])
+
+
+def with_quadratic_features(draws, k):
+    """Outputs plus y1² and y1·y2: the moment check then sees fourth moments as well as covariances."""
+    return np.column_stack([draws[:, :k], draws[:, 0] ** 2, draws[:, 0] * draws[:, 1]])
+
+
+def agree(a, b, k):
+    """KS on every coordinate (Bonferroni over them) and the two-sample check of second and fourth moments."""
+    ks = [stats.ks_2samp(a[:, i], b[:, i]).pvalue for i in range(a.shape[1])]
+    moments = two_sample_cov_check(with_quadratic_features(a, k), with_quadratic_features(b, k))
+    return min(ks) > 1e-3 / len(ks) and moments[0], ks, moments
+
+
+LAYERS = {
+    "1 head, gaussian": dict(seq_len=4, heads=1, inputs="gaussian"),
+    "3 heads, SPD": dict(seq_len=4, heads=3, inputs=SPD),
+    "2 heads, linear scaling": dict(seq_len=3, heads=2, inputs=SPD[:3, :3], scaling="linear"),
+    "tied linear": dict(seq_len=3, heads=1, inputs="gaussian", scaling="linear", tied_qk=True),
+}
+
+
+@pytest.mark.parametrize("width", [4, 8, 32])
+@pytest.mark.parametrize("name", sorted(LAYERS))
+def test_exact_matches_dense(name, width):
+    layer = attention_layer(**LAYERS[name])
+    variables = list(layer.outputs) + [layer.scores[0][0][1]]
+    k = len(layer.outputs)
+    exact = netsor.simulate(layer.program, width, variables, 20_000, seed=1, method="exact")
+    dense = netsor.simulate(layer.program, width, variables, 20_000, seed=2, method="dense")
+    ok, ks, moments = agree(exact, dense, k)
+    assert ok, (ks, moments)
+
+
+def test_exact_at_width_4_rejects_the_limit():
+    layer = attention_layer(seq_len=4, heads=1, inputs="gaussian")
+    exact = netsor.simulate(layer.program, 4, layer.outputs, 20_000, seed=3, method="exact")
+    limit = layer.law().sample(layer.outputs, 20_000, seed=4)
+    ok, ks, moments = agree(exact, limit, 4)
+    assert not ok, (ks, moments)
+
+
+def test_deep_linear_network_has_the_exact_fourth_moment():
+    """h = W2 W1 x: given the layers, h ~ N(0, s1 s2) with s_l ~ χ²_n/n independent, so E[h⁴] = 3(1 + 2/n)²."""
+    prog = netsor.Program()
+    x = prog.input("x")
+    h = prog.matrix("W2") @ (prog.matrix("W1") @ x)
+    draws = netsor.simulate(prog, 4, [h], 400_000, seed=5, method="exact")[:, 0]
+    fourth = draws ** 4
+    se = fourth.std() / np.sqrt(len(fourth))
+    assert abs(fourth.mean() - 3 * 1.5 ** 2) < 4 * se
+    assert abs(fourth.mean() - 3 * 1.5) > 4 * se  # one layer's value is rejected
+
+
+def test_huge_widths_need_no_memory_and_approach_the_limit():
+    layer = attention_layer(seq_len=4, heads=2, inputs="gaussian")
+    draws = netsor.simulate(layer.program, 2 ** 30, layer.outputs, 50_000, seed=6, method="exact")
+    limit = layer.law().sample(layer.outputs, 50_000, seed=7)
+    ok, ks, moments = agree(draws, limit, 4)
+    assert ok, (ks, moments)
+
+
+def test_exact_is_deterministic_across_chunks_threads_and_sizes():
+    layer = attention_layer(seq_len=3, heads=2, inputs="gaussian")
+    a = netsor.simulate(layer.program, 64, layer.outputs, 9000, seed=8, method="exact", threads=1)
+    b = netsor.simulate(layer.program, 64, layer.outputs, 9000, seed=8, method="exact", threads=2, chunk_size=100)
+    c = netsor.simulate(layer.program, 64, layer.outputs, 5000, seed=8, method="exact")
+    assert np.array_equal(a, b) and np.array_equal(a[:5000], c)
+
+
+def test_auto_picks_exact_where_it_applies():
+    layer = attention_layer(seq_len=3, heads=1, inputs="gaussian")
+    auto = netsor.simulate(layer.program, 32, layer.outputs, 100, seed=9)
+    assert np.array_equal(auto, netsor.simulate(layer.program, 32, layer.outputs, 100, seed=9, method="exact"))
+    paper = attention_layer(seq_len=3, heads=1, inputs="paper")
+    auto = netsor.simulate(paper.program, 32, paper.outputs, 100, seed=9)
+    assert np.array_equal(auto, netsor.simulate(paper.program, 32, paper.outputs, 100, seed=9, method="dense"))
+
+
+def test_irreducible_programs_are_named():
+    paper = attention_layer(seq_len=2, heads=1, inputs="paper")
+    with pytest.raises(netsor.ProgramError, match=r"x1 := clip\(100\)\(W1h\): method='exact' cannot reduce"):
+        netsor.simulate(paper.program, 16, paper.outputs, 10, method="exact")
+    prog = netsor.Program()
+    x = prog.input("x")
+    W = prog.matrix("W")
+    twice = W @ (W @ x)
+    with pytest.raises(netsor.ProgramError, match="W is applied to a vector computed from W itself"):
+        netsor.simulate(prog, 16, [twice], 10, method="exact")
+    assert netsor.simulate(prog, 16, [twice], 10).shape == (10, 1)  # auto falls back to dense
