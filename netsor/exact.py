@@ -12,7 +12,13 @@ Every quantity a program asks for is then a function of the Gram matrix G = Bᵀ
 coordinate 0 of v is b₀·c_v, a dot u·v/n^a is c_uᵀ G c_v / n^a. Exactly, b₀ ~ N(0, I_M) and
 G = b₀b₀ᵀ + W with W ~ Wishart(n − 1, I_M) independent of b₀, drawn by Bartlett's decomposition W = T Tᵀ,
 T lower-triangular with T_ii = sqrt(χ²_{n−i}) and T_ij ~ N(0, 1) below the diagonal (explicitly as ZᵀZ when
-n − 1 < M). The cost per network is O(M³), whatever n.
+n − 1 < M). Columns whose mutual Gram entries nothing reads are split into independent components, each with its
+own small Wishart. The cost per network does not depend on n.
+
+A nonlinear *front* (tokens x_i = clip(W^i h), relu(W^i h): everything upstream of a non-identity nonlinearity or
+a moment) is computed explicitly at O(n) per network — a MatMul of explicit vectors V is drawn as Z Lᵀ with
+L Lᵀ = σ² VᵀV/n, never as an n×n matrix — and the explicit vectors the linear part uses become basis columns
+whose Gram and row 0 are known exactly.
 """
 from __future__ import annotations
 
@@ -22,10 +28,11 @@ from ._compiled import bilinear_forms, congruences, semidefinite_cholesky
 from ._random import stream
 from .errors import ProgramError
 from .kernels import gaussian_factor
-from .program import (WIDTH, Dot, Input, LinComb, MatMul, Matrix, Node, Nonlin, Program, Scalar, ScalarFn,
+from .program import (WIDTH, Dot, Input, LinComb, MatMul, Matrix, Moment, Node, Nonlin, Program, Scalar, ScalarFn,
                       SoftmaxEntry, Vector, stable_softmax)
 
-EXACT_BLOCK = 1 << 12  # networks per random stream
+EXACT_BLOCK = 1 << 12  # networks per random stream (fewer when a front holds n-vectors)
+FRONT_FLOATS = 1 << 22  # bound on the explicit front's floats per block
 
 
 def _linear_source(node: Node) -> Node:
@@ -35,50 +42,102 @@ def _linear_source(node: Node) -> Node:
     return node
 
 
+def _refuse(node: Node, reason: str):
+    raise ProgramError(f"{node.name} := {node.definition()}: method='exact' cannot reduce this program: {reason}; "
+                       f"use method='dense'")
+
+
 class ExactPlan:
-    """The basis columns of a program's inputs and matrices, checked to be reducible for the requested nodes."""
+    """How a program reduces: its explicit front, and the basis columns of its inputs, front vectors and matrices."""
 
     def __init__(self, program: Program, targets):
         self.program = program
         self.needed = program.ancestors(targets)
-        self.columns: dict = {}  # key (input group id or matrix index) → slice of basis columns
+        self.front = self._front()
+        self.columns: dict = {}  # key → slice of basis columns: input group id, matrix index, ("front", node index)
         self.uses: dict[int, list[MatMul]] = {}  # matrix index → its MatMuls among the needed nodes
         self.args: dict[int, list[Vector]] = {}  # matrix index → distinct arguments
         self.factors: dict[int, np.ndarray] = {}  # input group id → L₀
         size = 0
+        front_groups, linear_groups = set(), set()
         for node in self.needed:
-            reason = self._irreducible(node)
-            if reason:
-                raise ProgramError(f"{node.name} := {node.definition()}: method='exact' cannot reduce this program: "
-                                   f"{reason}; use method='dense'")
-            if isinstance(node, Input) and id(node.group) not in self.columns:
-                factor = gaussian_factor(node.group.cov)
-                self.factors[id(node.group)] = factor
-                self.columns[id(node.group)] = slice(size, size + factor.shape[1])
-                size += factor.shape[1]
+            self._check(node)
             if isinstance(node, MatMul):
                 self.uses.setdefault(node.matrix.index, []).append(node)
+            if isinstance(node, Input):
+                (front_groups if node.index in self.front else linear_groups).add(id(node.group))
+                if id(node.group) not in self.factors:
+                    self.factors[id(node.group)] = gaussian_factor(node.group.cov)
+            if node.index not in self.front:
+                for parent in node.parents():
+                    if parent.index in self.front and isinstance(parent, Vector) and \
+                            ("front", parent.index) not in self.columns:
+                        self.columns[("front", parent.index)] = slice(size, size + 1)
+                        size += 1
+        for node in targets:
+            if node.index in self.front and isinstance(node, Vector) and ("front", node.index) not in self.columns:
+                self.columns[("front", node.index)] = slice(size, size + 1)
+                size += 1
+        if front_groups & linear_groups:
+            _refuse(next(n for n in self.needed if isinstance(n, Input) and id(n.group) in front_groups & linear_groups),
+                    "inputs declared together are used both before and after a nonlinearity")
+        for node in self.needed:
+            if isinstance(node, Input) and node.index not in self.front and id(node.group) not in self.columns:
+                self.columns[id(node.group)] = slice(size, size + self.factors[id(node.group)].shape[1])
+                size += self.factors[id(node.group)].shape[1]
         for w, uses in self.uses.items():
-            distinct = list({u.arg.index: u.arg for u in uses}.values())
-            self.args[w] = distinct
-            self.columns[w] = slice(size, size + len(distinct))
-            size += len(distinct)
+            in_front = {u.index in self.front for u in uses}
+            if in_front == {True, False}:
+                _refuse(uses[0], f"{uses[0].matrix.name} is used both before and after a nonlinearity")
             matrix = uses[0].matrix
             for u in uses:
                 if matrix in self.program.ancestors([u.arg]):
-                    raise ProgramError(f"{u.name} := {u.definition()}: {matrix.name} is applied to a vector computed "
-                                       f"from {matrix.name} itself, which needs conditioning; use method='dense'")
+                    _refuse(u, f"{matrix.name} is applied to a vector computed from {matrix.name} itself, which "
+                               f"needs conditioning")
+            self.args[w] = list({u.arg.index: u.arg for u in uses}.values())
+            if in_front == {False}:
+                self.columns[w] = slice(size, size + len(self.args[w]))
+                size += len(self.args[w])
         self.size = size
+        self.front_columns = [(c.start, idx) for (kind, idx), c in
+                              ((k, v) for k, v in self.columns.items() if isinstance(k, tuple))]
         self.components = self._gram_components()
         self.component_of = {}  # basis column → (its component, its position there)
         for i, cols in enumerate(self.components):
             for j, c in enumerate(cols):
                 self.component_of[int(c)] = (i, j)
+        front_cols = {c for c, _ in self.front_columns}
+        for cols in self.components:
+            if 0 < len(front_cols.intersection(cols.tolist())) < len(cols):
+                _refuse(next(n for n in self.needed if isinstance(n, Dot)),
+                        "a dot or matrix mixes a nonlinear front vector with Gaussian vectors after it")
+
+    def _front(self) -> set[int]:
+        """Everything upstream of a non-identity nonlinearity or a moment: computed explicitly, O(n)."""
+        seeds = [n for n in self.needed if (isinstance(n, Nonlin) and n.phi.name != "identity")
+                 or isinstance(n, Moment)]
+        return {n.index for n in self.program.ancestors(seeds) if not isinstance(n, Matrix)}
+
+    @staticmethod
+    def _check(node: Node) -> None:
+        if isinstance(node, Matrix) and node.shape != (WIDTH, WIDTH):
+            _refuse(node, "matrices of a fixed dimension are not reduced yet")
+        if isinstance(node, Vector) and node.dim != WIDTH:
+            _refuse(node, "vectors of a fixed dimension are not reduced yet")
+
+    def block_size(self, width: int) -> int:
+        """Networks per random stream: a function of the program and width only."""
+        vectors = sum(1 for n in self.needed if n.index in self.front and isinstance(n, Vector))
+        if not vectors:
+            return EXACT_BLOCK
+        return int(max(1, min(EXACT_BLOCK, FRONT_FLOATS // (width * vectors))))
 
     def support(self, v: Vector) -> set[int]:
         """The basis columns v can use: its coefficients vanish elsewhere."""
         v = _linear_source(v)
-        if isinstance(v, Input):
+        if ("front", v.index) in self.columns:
+            cols = self.columns[("front", v.index)]
+        elif isinstance(v, Input):
             cols = self.columns[id(v.group)]
         elif isinstance(v, MatMul):
             cols = self.columns[v.matrix.index]
@@ -103,26 +162,16 @@ class ExactPlan:
                 parent[find(c)] = find(columns[0])
 
         for node in self.needed:
-            if isinstance(node, Dot):
+            if isinstance(node, Dot) and node.index not in self.front:
                 link(self.support(node.args[0]) | self.support(node.args[1]))
-        for args in self.args.values():
-            link(set().union(*(self.support(a) for a in args)))
+        for w, args in self.args.items():
+            if w in self.columns:
+                link(set().union(*(self.support(a) for a in args)))
+        link(c for c, _ in self.front_columns)  # their Gram is computed exactly, all at once
         groups: dict[int, list[int]] = {}
         for c in range(self.size):
             groups.setdefault(find(c), []).append(c)
         return [np.array(g) for g in groups.values()]
-
-    @staticmethod
-    def _irreducible(node: Node) -> str | None:
-        if isinstance(node, Matrix):
-            return None if node.shape == (WIDTH, WIDTH) else "matrices of a fixed dimension are not reduced yet"
-        if isinstance(node, Vector) and node.dim != WIDTH:
-            return "vectors of a fixed dimension are not reduced yet"
-        if isinstance(node, Nonlin) and node.phi.name != "identity":
-            return f"the nonlinearity {node.phi.name} is not linear in the vectors"
-        if isinstance(node, Scalar) and not isinstance(node, (Dot, ScalarFn, SoftmaxEntry)):
-            return f"a {type(node).__name__} scalar is not a function of Gram matrices"
-        return None
 
 
 def _wishart(rng_normal, rng_chi, dof: int, M: int, S: int) -> np.ndarray:
@@ -137,24 +186,88 @@ def _wishart(rng_normal, rng_chi, dof: int, M: int, S: int) -> np.ndarray:
     return T @ T.transpose(0, 2, 1)
 
 
+def _row_factor(row_cov: np.ndarray) -> np.ndarray:
+    """Per-network L with L Lᵀ = row_cov, (S, k, k) → (S, k, k)."""
+    return semidefinite_cholesky(np.ascontiguousarray(row_cov.transpose(1, 2, 0))).transpose(2, 0, 1)
+
+
+def _front_values(plan: ExactPlan, width: int, root, block: int, S: int) -> dict:
+    """The explicit front of `S` networks: vectors (S, n), scalars (S,)."""
+    values: dict = {}
+
+    def value(node: Node):
+        if node.index in values:
+            return values[node.index]
+        if isinstance(node, Input):
+            factor = plan.factors[id(node.group)]
+            members = [n for n in plan.needed if isinstance(n, Input) and n.group is node.group]
+            z = stream(root, block, 3, members[0].index).standard_normal((S, width, factor.shape[1]))
+            drawn = z @ factor.T
+            for m in members:
+                values[m.index] = drawn[:, :, m.position]
+            return values[node.index]
+        if isinstance(node, MatMul):  # W V = Z Lᵀ, L Lᵀ = σ² VᵀV/n: O(n k²), no n×n matrix
+            args = plan.args[node.matrix.index]
+            V = np.stack([value(a) for a in args], axis=2)
+            L = _row_factor(node.matrix.var / width * np.einsum("sni,snj->sij", V, V))
+            Z = stream(root, block, 4, node.matrix.index).standard_normal((S, width, len(args)))
+            drawn = Z @ L.transpose(0, 2, 1)
+            position = {a.index: j for j, a in enumerate(args)}
+            for use in plan.uses[node.matrix.index]:
+                values[use.index] = drawn[:, :, position[use.arg.index]]
+            return values[node.index]
+        if isinstance(node, Nonlin):
+            out = node.phi(*(value(a) for a in node.args))
+        elif isinstance(node, LinComb):
+            out = 0.0
+            for c, a in zip(node.coeffs, node.args):
+                out = out + (value(c)[:, None] if isinstance(c, Scalar) else c) * value(a)
+        elif isinstance(node, Moment):
+            out = np.mean(node.phi(*(value(a) for a in node.args)), axis=1)
+        elif isinstance(node, Dot):
+            a, b = node.args
+            out = np.einsum("sn,sn->s", value(a), value(b)) / float(width) ** node.exponent
+        elif isinstance(node, ScalarFn):
+            out = np.asarray(node.fn(*(value(a) for a in node.args)), dtype=float)
+        else:  # SoftmaxEntry
+            key = ("softmax", id(node.group))
+            if key not in values:
+                values[key] = stable_softmax([value(p) for p in node.group.scores])
+            out = values[key][node.position]
+        values[node.index] = out
+        return out
+
+    for node in plan.needed:
+        if node.index in plan.front:
+            value(node)
+    return values
+
+
 def simulate_exact_block(plan: ExactPlan, width: int, targets, root, block: int, count: int) -> np.ndarray:
     """`count` networks of block `block`: coordinate 0 of each vector target, the value of each scalar target."""
     M, S = plan.size, count
+    front = _front_values(plan, width, root, block, S) if plan.front else {}
     b0 = stream(root, block, 0).standard_normal((S, M))  # row 0 of the basis
+    for col, idx in plan.front_columns:
+        b0[:, col] = front[idx][:, 0]
+    front_cols = {c for c, _ in plan.front_columns}
     grams = []  # G = b₀b₀ᵀ + Wishart(n − 1), kept only within each component (nothing reads across)
     for i, cols in enumerate(plan.components):
+        if int(cols[0]) in front_cols:  # explicit front vectors: their Gram, exactly
+            F = np.stack([front[dict(plan.front_columns)[int(c)]] for c in cols], axis=2)
+            grams.append(np.einsum("sni,snj->sij", F, F))
+            continue
         rows = b0[:, cols]
         wishart = _wishart(stream(root, block, 1, i), stream(root, block, 2, i), width - 1, len(cols), S)
         grams.append(wishart + rows[:, :, None] * rows[:, None, :])
+    coef: dict[int, np.ndarray] = {}
+    values: dict = {}
 
     def gram(iu: np.ndarray, iv: np.ndarray) -> np.ndarray:
         """G on basis columns iu × iv (S, |iu|, |iv|), all in one component by construction of the plan."""
         where = [plan.component_of[int(c)] for c in np.concatenate([iu, iv])]
-        component = where[0][0]
         local = np.array([j for _, j in where])
-        return grams[component][:, local[:len(iu), None], local[None, len(iu):]]
-    coef: dict[int, np.ndarray] = {}
-    values: dict = {}
+        return grams[where[0][0]][:, local[:len(iu), None], local[None, len(iu):]]
 
     def coefficients(v: Vector) -> np.ndarray:
         """c_v (S, M) with v = B c_v."""
@@ -162,7 +275,9 @@ def simulate_exact_block(plan: ExactPlan, width: int, targets, root, block: int,
         if v.index in coef:
             return coef[v.index]
         c = np.zeros((S, M))
-        if isinstance(v, Input):
+        if ("front", v.index) in plan.columns:
+            c[:, plan.columns[("front", v.index)]] = 1.0
+        elif isinstance(v, Input):
             c[:, plan.columns[id(v.group)]] = plan.factors[id(v.group)][v.position]
         elif isinstance(v, MatMul):
             apply_matrix(v.matrix)
@@ -190,9 +305,8 @@ def simulate_exact_block(plan: ExactPlan, width: int, targets, root, block: int,
         args = plan.args[matrix.index]
         C = np.stack([coefficients(a) for a in args], axis=2)  # (S, M, k)
         used = support(*(C[:, :, j] for j in range(C.shape[2])))
-        Cu = C[:, used, :]
-        row_cov = matrix.var / width * congruences(np.ascontiguousarray(Cu), gram(used, used))
-        L = semidefinite_cholesky(np.ascontiguousarray(row_cov.transpose(1, 2, 0))).transpose(2, 0, 1)
+        Cu = np.ascontiguousarray(C[:, used, :])
+        L = _row_factor(matrix.var / width * congruences(Cu, gram(used, used)))
         position = {a.index: j for j, a in enumerate(args)}
         for use in plan.uses[matrix.index]:
             c = np.zeros((S, M))
@@ -200,6 +314,8 @@ def simulate_exact_block(plan: ExactPlan, width: int, targets, root, block: int,
             coef[use.index] = c
 
     def scalar(s: Scalar) -> np.ndarray:
+        if s.index in front:
+            return front[s.index]
         if s.index in values:
             return values[s.index]
         if isinstance(s, Dot):

@@ -165,7 +165,7 @@ def simulate(program: Program, width: int, variables, size: int, seed=None, meth
     if method == "exact":
         plan = exact.ExactPlan(program, targets)
         work = lambda b: exact.simulate_exact_block(plan, width, targets, root, b[0], b[2])  # noqa: E731
-        return _run_blocks(work, size, exact.EXACT_BLOCK, len(targets), chunk_size, threads)
+        return _run_blocks(work, size, plan.block_size(width), len(targets), chunk_size, threads)
     block = block_size(program, width)
     rows = _rows_needed(program, targets, width)
     work = lambda b: _simulate_block(program, width, targets, rows, root, b[0], block, b[2])  # noqa: E731

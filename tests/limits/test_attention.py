@@ -114,10 +114,10 @@ def test_limit_agrees_with_dense_at_width_1024_and_rejects_at_width_8():
     layer = attention_layer(seq_len=4, heads=1, inputs="gaussian")
     variables = features(layer)
     reference = limit_feature_cov(layer, variables)
-    wide = netsor.simulate(layer.program, 1024, variables, 300, seed=7)
+    wide = netsor.simulate(layer.program, 1024, variables, 300, seed=7, method="dense")
     ok, err, tol = cov_check(wide, reference)
     assert ok, (err, tol)
-    narrow = netsor.simulate(layer.program, 8, variables, 20_000, seed=8)
+    narrow = netsor.simulate(layer.program, 8, variables, 20_000, seed=8, method="dense")
     ok, err, tol = cov_check(narrow, reference)
     assert not ok, (err, tol)
 
@@ -126,7 +126,7 @@ def test_limit_agrees_with_dense_at_width_1024_and_rejects_at_width_8():
 def test_limit_agrees_with_dense_at_moderate_width_with_two_heads(inputs):
     layer = attention_layer(seq_len=4, heads=2, inputs=inputs)
     variables = features(layer)
-    draws = netsor.simulate(layer.program, 128, variables, 4000, seed=9)
+    draws = netsor.simulate(layer.program, 128, variables, 4000, seed=9, method="dense")
     ok, err, tol = cov_check(draws, limit_feature_cov(layer, variables))
     assert ok, (err, tol)
 
@@ -179,7 +179,7 @@ def test_fixed_head_dim_scores_are_variance_gamma(head_dim, kurtosis):
 def test_fixed_head_dim_matches_dense_simulation():
     layer = attention_layer(seq_len=3, heads=2, head_dim=4, inputs="gaussian")
     variables = features(layer)
-    draws = netsor.simulate(layer.program, 256, variables, 4000, seed=12)
+    draws = netsor.simulate(layer.program, 256, variables, 4000, seed=12, method="dense")
     ok, err, tol = cov_check(draws, limit_feature_cov(layer, variables, size=400_000))
     assert ok, (err, tol)
 

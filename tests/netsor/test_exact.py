@@ -24,6 +24,8 @@ def agree(a, b, k):
 
 LAYERS = {
     "1 head, gaussian": dict(seq_len=4, heads=1, inputs="gaussian"),
+    "1 head, paper (clip front)": dict(seq_len=4, heads=1, inputs="paper", clip=1.0),
+    "3 heads, relu front": dict(seq_len=3, heads=3, inputs="relu"),
     "3 heads, SPD": dict(seq_len=4, heads=3, inputs=SPD),
     "2 heads, linear scaling": dict(seq_len=3, heads=2, inputs=SPD[:3, :3], scaling="linear"),
     "tied linear": dict(seq_len=3, heads=1, inputs="gaussian", scaling="linear", tied_qk=True),
@@ -78,19 +80,31 @@ def test_exact_is_deterministic_across_chunks_threads_and_sizes():
     assert np.array_equal(a, b) and np.array_equal(a[:5000], c)
 
 
+def test_mlp_front_matches_dense_and_the_single_layer_closed_form():
+    """A ReLU MLP is all front but its readout: exact draws it at O(n) per network, never an n×n matrix."""
+    from limits import mlp
+    net = mlp(depth=2, nonlinearity="relu", inputs=[[1.0, 0.5], [0.5, 1.0]])
+    variables = list(net.layers[1]) + list(net.outputs)
+    exact = netsor.simulate(net.program, 8, variables, 20_000, seed=10, method="exact")
+    dense = netsor.simulate(net.program, 8, variables, 20_000, seed=11, method="dense")
+    ok, ks, moments = agree(exact, dense, 4)
+    assert ok, (ks, moments)
+
+
 def test_auto_picks_exact_where_it_applies():
-    layer = attention_layer(seq_len=3, heads=1, inputs="gaussian")
-    auto = netsor.simulate(layer.program, 32, layer.outputs, 100, seed=9)
-    assert np.array_equal(auto, netsor.simulate(layer.program, 32, layer.outputs, 100, seed=9, method="exact"))
-    paper = attention_layer(seq_len=3, heads=1, inputs="paper")
-    auto = netsor.simulate(paper.program, 32, paper.outputs, 100, seed=9)
-    assert np.array_equal(auto, netsor.simulate(paper.program, 32, paper.outputs, 100, seed=9, method="dense"))
+    for layer in (attention_layer(seq_len=3, heads=1, inputs="gaussian"),
+                  attention_layer(seq_len=3, heads=1, inputs="paper")):
+        auto = netsor.simulate(layer.program, 32, layer.outputs, 100, seed=9)
+        assert np.array_equal(auto, netsor.simulate(layer.program, 32, layer.outputs, 100, seed=9, method="exact"))
+    fixed = attention_layer(seq_len=3, heads=1, head_dim=4, inputs="gaussian")
+    auto = netsor.simulate(fixed.program, 32, fixed.outputs, 100, seed=9)
+    assert np.array_equal(auto, netsor.simulate(fixed.program, 32, fixed.outputs, 100, seed=9, method="dense"))
 
 
 def test_irreducible_programs_are_named():
-    paper = attention_layer(seq_len=2, heads=1, inputs="paper")
-    with pytest.raises(netsor.ProgramError, match=r"x1 := clip\(100\)\(W1h\): method='exact' cannot reduce"):
-        netsor.simulate(paper.program, 16, paper.outputs, 10, method="exact")
+    fixed = attention_layer(seq_len=2, heads=1, head_dim=4, inputs="gaussian")
+    with pytest.raises(netsor.ProgramError, match=r"WQ := .*method='exact' cannot reduce.*fixed dimension"):
+        netsor.simulate(fixed.program, 16, fixed.outputs, 10, method="exact")
     prog = netsor.Program()
     x = prog.input("x")
     W = prog.matrix("W")

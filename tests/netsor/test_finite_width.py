@@ -1,4 +1,4 @@
-"""Dense finite-width simulation: agreement with the limit at large width, visible disagreement at width 4,
+"""Dense finite-width simulation (method="dense" throughout): agreement with the limit at large width, visible disagreement at width 4,
 exact finite-n facts, and determinism under chunking, threads and requested variables."""
 import numpy as np
 import pytest
@@ -24,13 +24,13 @@ def mlp_with_fourth_moments(nonlinearity):
 def test_dense_agrees_with_limit_at_width_2048_and_rejects_at_width_4(nonlinearity):
     net, variables = mlp_with_fourth_moments(nonlinearity)
     exact = net.law().cov(variables)
-    wide = netsor.simulate(net.program, 2048, variables, 256, seed=11)
+    wide = netsor.simulate(net.program, 2048, variables, 256, seed=11, method="dense")
     ok, err, tol_all = cov_check(wide, exact)
     assert ok, f"width 2048: error {err:.3f} > tolerance {tol_all:.3f}"
     # the Gaussian part alone has light tails, hence a tighter tolerance at the same N
     ok, err, tol = cov_check(wide[:, :4], exact[:4, :4])
     assert ok and tol < tol_all, f"width 2048, (h2, f): error {err:.3f}, tolerance {tol:.3f}"
-    narrow = netsor.simulate(net.program, 4, variables, 20_000, seed=12)
+    narrow = netsor.simulate(net.program, 4, variables, 20_000, seed=12, method="dense")
     ok, err, tol = cov_check(narrow, exact)
     assert not ok, f"width 4 should be visibly non-Gaussian: error {err:.3f} <= tolerance {tol:.3f}"
 
@@ -38,7 +38,7 @@ def test_dense_agrees_with_limit_at_width_2048_and_rejects_at_width_4(nonlineari
 @pytest.mark.parametrize("nonlinearity", ["relu", "erf"])
 def test_dense_agrees_with_limit_at_width_256_with_many_networks(nonlinearity):
     net, variables = mlp_with_fourth_moments(nonlinearity)
-    draws = netsor.simulate(net.program, 256, variables, 6000, seed=13)
+    draws = netsor.simulate(net.program, 256, variables, 6000, seed=13, method="dense")
     ok, err, tol = cov_check(draws, net.law().cov(variables))
     assert ok, (err, tol)
 
@@ -48,7 +48,7 @@ def test_single_matmul_has_the_exact_finite_width_kurtosis():
     prog = netsor.Program()
     x = prog.input("x")
     h = prog.matrix("W") @ x
-    draws = netsor.simulate(prog, 4, [h], 200_000, seed=3)[:, 0]
+    draws = netsor.simulate(prog, 4, [h], 200_000, seed=3, method="dense")[:, 0]
     fourth = draws ** 4
     se = fourth.std() / np.sqrt(len(fourth))
     assert abs(fourth.mean() - 4.5) < 4 * se
@@ -61,7 +61,7 @@ def test_moment_scalar_fluctuates_like_chi_square():
     prog = netsor.Program()
     x = prog.input("x", var=2.0)
     m = netsor.moment(np.square, x, name="m")
-    draws = netsor.simulate(prog, 8, [m], 50_000, seed=4)[:, 0]
+    draws = netsor.simulate(prog, 8, [m], 50_000, seed=4, method="dense")[:, 0]
     assert abs(draws.mean() - 2.0) < 4 * np.sqrt(1.0 / 50_000)
     assert draws.var() == pytest.approx(1.0, rel=0.05)
 
@@ -72,22 +72,23 @@ def test_rectangular_matrices():
     x = prog.input("x")
     q = prog.matrix("WQ", var=2.0, shape=(4, "n")) @ x
     y = prog.matrix("WO", var=3.0, shape=("n", 4)) @ q
-    draws = netsor.simulate(prog, 16, [q, y], 40_000, seed=5)
+    draws = netsor.simulate(prog, 16, [q, y], 40_000, seed=5, method="dense")
     assert (draws[:, 1] ** 2).mean() == pytest.approx(6.0, rel=0.05)
     assert (draws[:, 0] ** 2).mean() == pytest.approx(2.0, rel=0.05)
 
 
 def test_results_do_not_depend_on_chunks_threads_or_size():
     net, variables = mlp_with_fourth_moments("relu")
-    a = netsor.simulate(net.program, 48, variables, 1500, seed=7, threads=1)
-    b = netsor.simulate(net.program, 48, variables, 1500, seed=7, chunk_size=5, threads=2)
-    c = netsor.simulate(net.program, 48, variables, 700, seed=np.random.SeedSequence(7), chunk_size=100)
+    a = netsor.simulate(net.program, 48, variables, 1500, seed=7, method="dense", threads=1)
+    b = netsor.simulate(net.program, 48, variables, 1500, seed=7, method="dense", chunk_size=5, threads=2)
+    c = netsor.simulate(net.program, 48, variables, 700, seed=np.random.SeedSequence(7), method="dense",
+                           chunk_size=100)
     assert np.array_equal(a, b)
     assert np.array_equal(a[:700], c)
-    d = netsor.simulate(net.program, 48, variables, 1500, seed=8)
+    d = netsor.simulate(net.program, 48, variables, 1500, seed=8, method="dense")
     assert not np.allclose(a, d)
     # asking for fewer variables draws fewer matrix rows but the same values (up to rounding)
-    e = netsor.simulate(net.program, 48, variables[:2], 1500, seed=7)
+    e = netsor.simulate(net.program, 48, variables[:2], 1500, seed=7, method="dense")
     np.testing.assert_allclose(e, a[:, :2], rtol=0, atol=1e-12)
 
 
@@ -97,7 +98,6 @@ def test_results_do_not_depend_on_chunks_threads_or_size():
     (dict(size=0), "size must be a positive integer"),
     (dict(seed=-1), "seed must be"),
     (dict(method="fast"), "unknown method 'fast'"),
-    (dict(method="exact"), "the nonlinearity relu is not linear"),
     (dict(threads=0), "threads must be"),
     (dict(chunk_size=0), "chunk_size must be"),
     (dict(variables=["missing"]), "no variable named 'missing'"),
