@@ -107,6 +107,15 @@ class ExactPlan:
             for j, c in enumerate(cols):
                 self.component_of[int(c)] = (i, j)
         front_cols = {c for c, _ in self.front_columns}
+        read = set(front_cols)
+        for node in self.needed:
+            if isinstance(node, Dot) and node.index not in self.front:
+                read |= self.support(node.args[0]) | self.support(node.args[1])
+        for w, args in self.args.items():
+            if w in self.columns:
+                read |= set().union(*(self.support(a) for a in args))
+        # columns no Gram reads: their row-0 entries are independent of everything else drawn
+        self.free_columns = np.array(sorted(set(range(size)) - read), dtype=int)
         for cols in self.components:
             if 0 < len(front_cols.intersection(cols.tolist())) < len(cols):
                 _refuse(next(n for n in self.needed if isinstance(n, Dot)),
@@ -243,9 +252,18 @@ def _front_values(plan: ExactPlan, width: int, root, block: int, S: int) -> dict
     return values
 
 
-def simulate_exact_block(plan: ExactPlan, width: int, targets, root, block: int, count: int) -> np.ndarray:
-    """`count` networks of block `block`: coordinate 0 of each vector target, the value of each scalar target."""
+def simulate_exact_block(plan: ExactPlan, width: int, targets, root, block: int, count: int,
+                         limit: bool = False, moments: bool = False):
+    """`count` networks of block `block`: coordinate 0 of each vector target, the value of each scalar target.
+
+    limit=True draws the n → ∞ law from the *same* random numbers (row 0 b₀ and Bartlett's below-diagonal
+    normals Ξ): G/n → I and (G − nI)/sqrt(n) → Ξ + Ξᵀ, so 1/sqrt(n) dots of disjoint supports become c_uᵀ(Ξ+Ξᵀ)c_v
+    and matrix row covariances σ² CᵀC. moments=True also returns the mean and covariance of the draws given
+    everything but the row-0 entries of free columns (those no Gram reads), (S, k) and (S, k, k).
+    """
     M, S = plan.size, count
+    if limit and plan.front:
+        raise ProgramError("coupled limit draws do not cover a nonlinear front yet; use inputs with a Gaussian law")
     front = _front_values(plan, width, root, block, S) if plan.front else {}
     b0 = stream(root, block, 0).standard_normal((S, M))  # row 0 of the basis
     for col, idx in plan.front_columns:
@@ -253,6 +271,13 @@ def simulate_exact_block(plan: ExactPlan, width: int, targets, root, block: int,
     front_cols = {c for c, _ in plan.front_columns}
     grams = []  # G = b₀b₀ᵀ + Wishart(n − 1), kept only within each component (nothing reads across)
     for i, cols in enumerate(plan.components):
+        if limit:  # Ξ + Ξᵀ from the normals Bartlett puts below the diagonal
+            r = len(cols)
+            xi = np.zeros((S, r, r))
+            below = np.tril_indices(r, -1)
+            xi[:, below[0], below[1]] = stream(root, block, 1, i).standard_normal((S, len(below[0])))
+            grams.append(xi + xi.transpose(0, 2, 1))
+            continue
         if int(cols[0]) in front_cols:  # explicit front vectors: their Gram, exactly
             F = np.stack([front[dict(plan.front_columns)[int(c)]] for c in cols], axis=2)
             grams.append(np.einsum("sni,snj->sij", F, F))
@@ -294,11 +319,23 @@ def simulate_exact_block(plan: ExactPlan, width: int, targets, root, block: int,
         return np.flatnonzero(np.any([np.any(c != 0.0, axis=0) for c in cs], axis=0))
 
     def bilinear(cu: np.ndarray, cv: np.ndarray) -> np.ndarray:
-        """c_uᵀ G c_v per network, (S,), on the columns the two use."""
+        """c_uᵀ G c_v per network, (S,), on the columns the two use (limit: c_uᵀ(Ξ+Ξᵀ)c_v)."""
         iu, iv = support(cu), support(cv)
         if len(iu) == 0 or len(iv) == 0:
             return np.zeros(S)
         return bilinear_forms(np.ascontiguousarray(cu[:, iu]), gram(iu, iv), np.ascontiguousarray(cv[:, iv]))
+
+    def dot(s: Dot) -> np.ndarray:
+        cu, cv = coefficients(s.args[0]), coefficients(s.args[1])
+        if not limit:
+            return bilinear(cu, cv) / float(width) ** s.exponent
+        inner = np.einsum("sm,sm->s", cu, cv)  # the order-n part of G
+        if s.exponent == 1.0:
+            return inner
+        if np.any(np.abs(inner) > 1e-9 * np.sqrt(np.einsum("sm,sm->s", cu, cu) * np.einsum("sm,sm->s", cv, cv))):
+            raise ProgramError(f"{s.name} := {s.definition()}: E[Z^{s.args[0].name} Z^{s.args[1].name}] ≠ 0, so the "
+                               f"dot diverges as n → ∞ and has no coupled limit")
+        return bilinear(cu, cv) if s.exponent == 0.5 else np.zeros(S)
 
     def apply_matrix(matrix: Matrix) -> None:
         """All MatMuls by one matrix at once: W V = B_W Lᵀ with L Lᵀ = σ² CᵀGC / n."""
@@ -306,7 +343,10 @@ def simulate_exact_block(plan: ExactPlan, width: int, targets, root, block: int,
         C = np.stack([coefficients(a) for a in args], axis=2)  # (S, M, k)
         used = support(*(C[:, :, j] for j in range(C.shape[2])))
         Cu = np.ascontiguousarray(C[:, used, :])
-        L = _row_factor(matrix.var / width * congruences(Cu, gram(used, used)))
+        if limit:
+            L = _row_factor(matrix.var * np.einsum("smi,smj->sij", Cu, Cu))
+        else:
+            L = _row_factor(matrix.var / width * congruences(Cu, gram(used, used)))
         position = {a.index: j for j, a in enumerate(args)}
         for use in plan.uses[matrix.index]:
             c = np.zeros((S, M))
@@ -319,7 +359,7 @@ def simulate_exact_block(plan: ExactPlan, width: int, targets, root, block: int,
         if s.index in values:
             return values[s.index]
         if isinstance(s, Dot):
-            value = bilinear(coefficients(s.args[0]), coefficients(s.args[1])) / float(width) ** s.exponent
+            value = dot(s)
         elif isinstance(s, ScalarFn):
             value = np.asarray(s.fn(*(scalar(a) for a in s.args)), dtype=float)
         else:  # SoftmaxEntry
@@ -333,7 +373,16 @@ def simulate_exact_block(plan: ExactPlan, width: int, targets, root, block: int,
     out = np.empty((S, len(targets)))
     for j, t in enumerate(targets):
         out[:, j] = scalar(t) if isinstance(t, Scalar) else np.einsum("sm,sm->s", b0, coefficients(t))
-    return out
+    if not moments:
+        return out
+    # given everything else, the free columns' row-0 entries are iid N(0, 1): a Gaussian with these moments
+    free = plan.free_columns
+    weights = np.zeros((S, len(targets), len(free)))
+    for j, t in enumerate(targets):
+        if isinstance(t, Vector):
+            weights[:, j] = coefficients(t)[:, free]
+    mean = out - np.einsum("skf,sf->sk", weights, b0[:, free])
+    return out, mean, np.einsum("skf,slf->skl", weights, weights)
 
 
 def reducible(program: Program, targets) -> bool:
@@ -342,3 +391,51 @@ def reducible(program: Program, targets) -> bool:
         return True
     except ProgramError:
         return False
+
+
+def simulate_coupled(program: Program, width: int, variables, size: int, seed=None):
+    """Finite-width and limit draws from common random numbers (DESIGN §5), with their conditional moments.
+
+    Returns a `CoupledDraws`: `finite` and `limit` (size, k) — each has exactly its own law (the finite-width
+    law at `width`, the infinite-width law), but both are driven by the same row-0 normals and Bartlett
+    normals, so their difference has a small variance that shrinks with n — and, for each, the mean and
+    covariance of the draws given the random scalars and Grams (`finite_mean`, `finite_cov`, `limit_mean`,
+    `limit_cov`), the Gaussian components of Rao-Blackwellized density estimates.
+    """
+    from ._random import check_size, seed_sequence
+    from .finite_width import check_width
+
+    if not isinstance(program, Program):
+        raise ProgramError(f"simulate_coupled: expected a netsor Program, got {type(program).__name__}")
+    width = check_width(width)
+    targets = program.resolve(variables, "simulate_coupled")
+    size = check_size(size)
+    root = seed_sequence(seed)
+    plan = ExactPlan(program, targets)
+    if plan.front:
+        raise ProgramError("simulate_coupled: coupled limit draws do not cover a nonlinear front yet "
+                           f"({next(n.name for n in plan.needed if n.index in plan.front)} is computed through one)")
+    k = len(targets)
+    parts = {name: np.empty((size, k)) for name in ("finite", "limit", "finite_mean", "limit_mean")}
+    parts.update({name: np.empty((size, k, k)) for name in ("finite_cov", "limit_cov")})
+    block = plan.block_size(width)
+    for b, start in enumerate(range(0, size, block)):
+        count = min(block, size - start)
+        for kind, limit in (("finite", False), ("limit", True)):
+            draws, mean, cov = simulate_exact_block(plan, width, targets, root, b, count, limit=limit, moments=True)
+            parts[kind][start:start + count] = draws
+            parts[f"{kind}_mean"][start:start + count] = mean
+            parts[f"{kind}_cov"][start:start + count] = cov
+    return CoupledDraws(**parts)
+
+
+class CoupledDraws:
+    """Paired finite-width and limit draws, with the conditional Gaussian moments of each."""
+
+    def __init__(self, finite, limit, finite_mean, finite_cov, limit_mean, limit_cov):
+        self.finite, self.limit = finite, limit
+        self.finite_mean, self.finite_cov = finite_mean, finite_cov
+        self.limit_mean, self.limit_cov = limit_mean, limit_cov
+
+    def __repr__(self) -> str:
+        return f"<CoupledDraws: {self.finite.shape[0]} pairs of {self.finite.shape[1]} variables>"

@@ -150,9 +150,7 @@ def simulate(program: Program, width: int, variables, size: int, seed=None, meth
         raise ProgramError(f"simulate: expected a netsor Program, got {type(program).__name__}")
     if method not in METHODS:
         raise ProgramError(f"simulate: unknown method {method!r}; choose from {', '.join(METHODS)}")
-    if isinstance(width, bool) or not isinstance(width, numbers.Integral) or width < 1:
-        raise ProgramError(f"simulate: width must be a positive integer, got {width!r}")
-    width = int(width)
+    width = check_width(width)
     targets = program.resolve(variables, "simulate")
     size = check_size(size)
     root = seed_sequence(seed)
@@ -170,6 +168,12 @@ def simulate(program: Program, width: int, variables, size: int, seed=None, meth
     rows = _rows_needed(program, targets, width)
     work = lambda b: _simulate_block(program, width, targets, rows, root, b[0], block, b[2])  # noqa: E731
     return _run_blocks(work, size, block, len(targets), chunk_size, threads)
+
+
+def check_width(width) -> int:
+    if isinstance(width, bool) or not isinstance(width, numbers.Integral) or width < 1:
+        raise ProgramError(f"simulate: width must be a positive integer, got {width!r}")
+    return int(width)
 
 
 def _run_blocks(work, size: int, block: int, columns: int, chunk_size, threads) -> np.ndarray:

@@ -112,3 +112,54 @@ def test_irreducible_programs_are_named():
     with pytest.raises(netsor.ProgramError, match="W is applied to a vector computed from W itself"):
         netsor.simulate(prog, 16, [twice], 10, method="exact")
     assert netsor.simulate(prog, 16, [twice], 10).shape == (10, 1)  # auto falls back to dense
+
+
+@pytest.mark.parametrize("name", ["1 head, gaussian", "3 heads, SPD", "2 heads, linear scaling"])
+def test_coupled_marginals_are_the_uncoupled_laws(name):
+    """The limit half is a second derivation of the limit (Bartlett's normals, no Isserlis formula): it must
+    agree with netsor.limit; the finite half must agree with dense networks."""
+    layer = attention_layer(**LAYERS[name])
+    variables = list(layer.outputs) + [layer.scores[0][0][1]]
+    k = len(layer.outputs)
+    pairs = netsor.simulate_coupled(layer.program, 16, variables, 20_000, seed=12)
+    dense = netsor.simulate(layer.program, 16, variables, 20_000, seed=13, method="dense")
+    ok, ks, moments = agree(pairs.finite, dense, k)
+    assert ok, (ks, moments)
+    limit = layer.law().sample(variables, 20_000, seed=14)
+    ok, ks, moments = agree(pairs.limit, limit, k)
+    assert ok, (ks, moments)
+    ok, ks, moments = agree(pairs.finite, limit, k)  # power: width 16 is distinguishable from the limit
+    assert not ok or name == "2 heads, linear scaling", (ks, moments)
+
+
+def test_coupled_differences_shrink_like_one_over_root_n():
+    layer = attention_layer(seq_len=4, heads=2, inputs="gaussian")
+    spread = []
+    for width in (64, 1024, 16384):
+        pairs = netsor.simulate_coupled(layer.program, width, layer.outputs, 20_000, seed=15)
+        spread.append(np.abs(pairs.finite - pairs.limit).mean())
+    ratios = np.array(spread[:-1]) / np.array(spread[1:])
+    np.testing.assert_allclose(ratios, 4.0, rtol=0.25)  # sqrt(16) per step
+
+
+def test_coupled_conditional_moments_are_the_formula():
+    """Given the scores, the limit output is N(0, H⁻¹ Σ_h A_h Σ A_hᵀ); given the Grams, the finite output's
+    covariance averages to the finite-width covariance."""
+    layer = attention_layer(seq_len=3, heads=1, inputs=SPD[:3, :3])
+    scores = [p for row in layer.scores[0] for p in row]
+    pairs = netsor.simulate_coupled(layer.program, 64, list(layer.outputs) + scores, 20_000, seed=16)
+    p = pairs.limit[:, 3:].reshape(-1, 3, 3)
+    a = np.exp(p - p.max(axis=2, keepdims=True))
+    a /= a.sum(axis=2, keepdims=True)
+    np.testing.assert_allclose(pairs.limit_cov[:, :3, :3], a @ SPD[:3, :3] @ a.transpose(0, 2, 1), atol=1e-10)
+    np.testing.assert_allclose(pairs.limit_mean[:, :3], 0.0, atol=1e-12)
+    assert np.all(pairs.finite_cov[:, 3:, :] == 0.0)  # scores are known given the Grams
+    empirical = np.cov(pairs.finite[:, :3], rowvar=False)
+    ok = np.abs(empirical - pairs.finite_cov[:, :3, :3].mean(axis=0)) < 0.02
+    assert ok.all()
+
+
+def test_coupled_refuses_a_front():
+    paper = attention_layer(seq_len=2, heads=1, inputs="paper")
+    with pytest.raises(netsor.ProgramError, match="coupled limit draws do not cover a nonlinear front"):
+        netsor.simulate_coupled(paper.program, 16, paper.outputs, 10)
