@@ -28,8 +28,8 @@ from ._compiled import bilinear_forms, congruences, semidefinite_cholesky
 from ._random import stream
 from .errors import ProgramError
 from .kernels import gaussian_factor
-from .program import (WIDTH, Dot, Input, LinComb, MatMul, Matrix, Moment, Node, Nonlin, Program, Scalar, ScalarFn,
-                      SoftmaxEntry, Vector, stable_softmax)
+from .program import (WIDTH, Dot, Input, LinComb, MatMul, Matrix, Moment, Node, Nonlin, Program, Scalar, Vector,
+                      scalar_function_value)
 
 EXACT_BLOCK = 1 << 12  # networks per random stream (fewer when a front holds n-vectors)
 FRONT_FLOATS = 1 << 22  # bound on the explicit front's floats per block
@@ -236,13 +236,8 @@ def _front_values(plan: ExactPlan, width: int, root, block: int, S: int) -> dict
         elif isinstance(node, Dot):
             a, b = node.args
             out = np.einsum("sn,sn->s", value(a), value(b)) / float(width) ** node.exponent
-        elif isinstance(node, ScalarFn):
-            out = np.asarray(node.fn(*(value(a) for a in node.args)), dtype=float)
-        else:  # SoftmaxEntry
-            key = ("softmax", id(node.group))
-            if key not in values:
-                values[key] = stable_softmax([value(p) for p in node.group.scores])
-            out = values[key][node.position]
+        else:  # ScalarFn, SoftmaxEntry
+            out = scalar_function_value(node, value, values)
         values[node.index] = out
         return out
 
@@ -358,15 +353,7 @@ def simulate_exact_block(plan: ExactPlan, width: int, targets, root, block: int,
             return front[s.index]
         if s.index in values:
             return values[s.index]
-        if isinstance(s, Dot):
-            value = dot(s)
-        elif isinstance(s, ScalarFn):
-            value = np.asarray(s.fn(*(scalar(a) for a in s.args)), dtype=float)
-        else:  # SoftmaxEntry
-            key = ("softmax", id(s.group))
-            if key not in values:
-                values[key] = stable_softmax([scalar(p) for p in s.group.scores])
-            value = values[key][s.position]
+        value = dot(s) if isinstance(s, Dot) else scalar_function_value(s, scalar, values)
         values[s.index] = value
         return value
 

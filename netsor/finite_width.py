@@ -21,7 +21,7 @@ from ._random import check_size, seed_sequence, stream
 from .errors import ProgramError
 from .kernels import gaussian_factor
 from .program import (Dot, Input, LinComb, MatMul, Matrix, Moment, Nonlin, Program, Scalar, ScalarFn, SoftmaxEntry,
-                      dim_size, stable_softmax)
+                      dim_size, scalar_function_value)
 
 METHODS = ("auto", "dense", "exact")
 BLOCK_FLOATS = 1 << 21  # ~16 MB of matrix entries per block of networks
@@ -117,13 +117,8 @@ def _simulate_block(program: Program, width: int, targets, rows, root, block: in
             a, b = node.args
             values[node.index] = np.einsum("br,br->b", values[a.index], values[b.index]) / \
                 dim_size(a.dim, width) ** node.exponent
-        elif isinstance(node, ScalarFn):
-            values[node.index] = np.asarray(node.fn(*(values[a.index] for a in node.args)), dtype=float)
-        elif isinstance(node, SoftmaxEntry):
-            key = ("softmax", id(node.group))
-            if key not in values:
-                values[key] = stable_softmax([values[p.index] for p in node.group.scores])
-            values[node.index] = values[key][node.position]
+        elif isinstance(node, (ScalarFn, SoftmaxEntry)):
+            values[node.index] = scalar_function_value(node, lambda a: values[a.index], values)
         else:
             raise ProgramError(f"{node.name}: method='dense' has no rule for {type(node).__name__} nodes")
     out = np.empty((count, len(targets)))

@@ -29,7 +29,7 @@ from ._compiled import quadratic_forms, sample_gaussian, semidefinite_cholesky
 from ._random import check_size, seed_sequence, stream
 from .errors import ProgramError
 from .program import (WIDTH, Dot, Input, LinComb, MatMul, Matrix, Moment, Node, Nonlin, Program, Scalar, ScalarFn,
-                      SoftmaxEntry, Vector, stable_softmax)
+                      SoftmaxEntry, Vector, scalar_function_value)
 
 SAMPLE_BLOCK = 1 << 15  # samples per random stream; fixed so results do not depend on chunking or threads
 ZERO_KERNEL_RTOL = 1e-9
@@ -157,7 +157,7 @@ class _Calculus:
         self._scalars: dict[int, np.ndarray] = {}
         self._expansion: dict[int, dict] = {}
         self._frontier: dict = {}
-        self._softmax: dict[int, list] = {}
+        self._softmax: dict = {}
 
     def _delegate(self, *nodes) -> bool:
         return self.base is not None and not any(self.structure.is_random(n) for n in nodes)
@@ -394,13 +394,8 @@ class _Calculus:
                 value = self._scalar_kernel(a, b)
             else:  # 1/2 < a: the fluctuation vanishes, and a zero kernel (checked) leaves nothing
                 value = np.zeros(1)
-        elif isinstance(s, ScalarFn):
-            value = np.asarray(s.fn(*(self.scalar(a) for a in s.args)), dtype=float)
-        elif isinstance(s, SoftmaxEntry):
-            key = id(s.group)
-            if key not in self._softmax:
-                self._softmax[key] = stable_softmax([self.scalar(p) for p in s.group.scores])
-            value = self._softmax[key][s.position]
+        elif isinstance(s, (ScalarFn, SoftmaxEntry)):
+            value = scalar_function_value(s, self.scalar, self._softmax)
         else:
             raise ProgramError(f"{s.name}: the limit has no rule for {type(s).__name__} scalars")
         self._scalars[s.index] = np.atleast_1d(value)

@@ -571,6 +571,17 @@ def stable_softmax(scores: Sequence[np.ndarray]) -> np.ndarray:
     return weights
 
 
+def scalar_function_value(node: Scalar, value_of, cache: dict):
+    """The value of a ScalarFn or SoftmaxEntry from its arguments' values (`value_of`); the entries of one
+    softmax are evaluated together, once per `cache`. Shared by every interpreter."""
+    if isinstance(node, ScalarFn):
+        return np.asarray(node.fn(*(value_of(a) for a in node.args)), dtype=float)
+    key = ("softmax", id(node.group))
+    if key not in cache:
+        cache[key] = stable_softmax([value_of(p) for p in node.group.scores])
+    return cache[key][node.position]
+
+
 def moment(phi, *xs: Vector, name: str | None = None) -> Scalar:
     """m := (1/dim) Σ_α φ(x_1, ..., x_k)_α, deterministic E[φ(Z)] in the limit over the width."""
     where = f"moment {name}" if name else "moment"

@@ -14,7 +14,7 @@ import numpy as np
 import sympy
 
 from .errors import ProgramError
-from .program import WIDTH, Dot, Input, LinComb, MatMul, Nonlin, Scalar, ScalarFn, SoftmaxEntry, Vector
+from .program import WIDTH, Dot, Input, MatMul, Nonlin, Scalar, ScalarFn, SoftmaxEntry, Vector
 
 CONSTANTS = [sympy.sqrt(2), sympy.sqrt(3), sympy.pi]
 

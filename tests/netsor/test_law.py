@@ -81,7 +81,7 @@ def test_moment_scalars_and_scalar_coefficients():
     W = prog.matrix("W", var=2.0)
     h = W @ x
     m2 = netsor.moment(np.square, h, name="m2")  # → E[h²] = 2·3
-    mr = netsor.moment("relu", x, name="mr")  # → sqrt(3/(2π))
+    netsor.moment("relu", x, name="mr")  # → sqrt(3/(2π))
     z = netsor.lincomb([m2, 1.0], [x, h], name="z")  # Z = 6 Z^x + Z^h
     law = netsor.limit(prog)
     assert law.value(m2) == pytest.approx(6.0, abs=1e-12)
