@@ -15,8 +15,12 @@ T lower-triangular with T_ii = sqrt(χ²_{n−i}) and T_ij ~ N(0, 1) below the d
 n − 1 < M). Columns whose mutual Gram entries nothing reads are split into independent components, each with its
 own small Wishart. The cost per network does not depend on n.
 
-A nonlinear *front* (tokens x_i = clip(W^i h), relu(W^i h): everything upstream of a non-identity nonlinearity or
-a moment) is computed explicitly at O(n) per network — a MatMul of explicit vectors V is drawn as Z Lᵀ with
+Vectors of a fixed dimension N (head dimensions) are drawn explicitly, N rows per network: a MatMul from the
+width to N has rows iid N(0, σ² CᵀGC/n); a MatMul from N to the width opens a basis block with row covariance
+σ² UᵀU/N from those explicit rows.
+
+A nonlinear *front* (tokens x_i = clip(W^i h), relu(W^i h): everything upstream of a width-n non-identity
+nonlinearity or moment) is computed explicitly at O(n) per network — a MatMul of explicit vectors V is drawn as Z Lᵀ with
 L Lᵀ = σ² VᵀV/n, never as an n×n matrix — and the explicit vectors the linear part uses become basis columns
 whose Gram and row 0 are known exactly.
 """
@@ -95,7 +99,7 @@ class ExactPlan:
                     _refuse(u, f"{matrix.name} is applied to a vector computed from {matrix.name} itself, which "
                                f"needs conditioning")
             self.args[w] = list({u.arg.index: u.arg for u in uses}.values())
-            if in_front == {False}:
+            if in_front == {False} and matrix.shape[0] == WIDTH:
                 self.columns[w] = slice(size, size + len(self.args[w]))
                 size += len(self.args[w])
         self.size = size
@@ -109,11 +113,11 @@ class ExactPlan:
         front_cols = {c for c, _ in self.front_columns}
         read = set(front_cols)
         for node in self.needed:
-            if isinstance(node, Dot) and node.index not in self.front:
+            if isinstance(node, Dot) and node.index not in self.front and node.args[0].dim == WIDTH:
                 read |= self.support(node.args[0]) | self.support(node.args[1])
         for w, args in self.args.items():
-            if w in self.columns:
-                read |= set().union(*(self.support(a) for a in args))
+            if self.uses[w][0].index not in self.front:
+                read |= set().union(*(self.support(a) for a in args if a.dim == WIDTH))
         # columns no Gram reads: their row-0 entries are independent of everything else drawn
         self.free_columns = np.array(sorted(set(range(size)) - read), dtype=int)
         for cols in self.components:
@@ -123,16 +127,16 @@ class ExactPlan:
 
     def _front(self) -> set[int]:
         """Everything upstream of a non-identity nonlinearity or a moment: computed explicitly, O(n)."""
-        seeds = [n for n in self.needed if (isinstance(n, Nonlin) and n.phi.name != "identity")
-                 or isinstance(n, Moment)]
+        seeds = [n for n in self.needed if ((isinstance(n, Nonlin) and n.phi.name != "identity") and n.dim == WIDTH)
+                 or (isinstance(n, Moment) and n.args[0].dim == WIDTH)]
         return {n.index for n in self.program.ancestors(seeds) if not isinstance(n, Matrix)}
 
     @staticmethod
     def _check(node: Node) -> None:
-        if isinstance(node, Matrix) and node.shape != (WIDTH, WIDTH):
-            _refuse(node, "matrices of a fixed dimension are not reduced yet")
-        if isinstance(node, Vector) and node.dim != WIDTH:
-            _refuse(node, "vectors of a fixed dimension are not reduced yet")
+        if isinstance(node, Matrix) and WIDTH not in node.shape:
+            _refuse(node, "a matrix between two fixed dimensions is not reduced")
+        if isinstance(node, Input) and node.dim != WIDTH:
+            _refuse(node, "inputs of a fixed dimension are not reduced")
 
     def block_size(self, width: int) -> int:
         """Networks per random stream: a function of the program and width only."""
@@ -171,11 +175,11 @@ class ExactPlan:
                 parent[find(c)] = find(columns[0])
 
         for node in self.needed:
-            if isinstance(node, Dot) and node.index not in self.front:
+            if isinstance(node, Dot) and node.index not in self.front and node.args[0].dim == WIDTH:
                 link(self.support(node.args[0]) | self.support(node.args[1]))
         for w, args in self.args.items():
-            if w in self.columns:
-                link(set().union(*(self.support(a) for a in args)))
+            if w in self.columns or self.uses[w][0].index not in self.front:
+                link(set().union(*(self.support(a) for a in args if a.dim == WIDTH)))
         link(c for c, _ in self.front_columns)  # their Gram is computed exactly, all at once
         groups: dict[int, list[int]] = {}
         for c in range(self.size):
@@ -215,11 +219,12 @@ def _front_values(plan: ExactPlan, width: int, root, block: int, S: int) -> dict
             for m in members:
                 values[m.index] = drawn[:, :, m.position]
             return values[node.index]
-        if isinstance(node, MatMul):  # W V = Z Lᵀ, L Lᵀ = σ² VᵀV/n: O(n k²), no n×n matrix
+        if isinstance(node, MatMul):  # W V = Z Lᵀ, L Lᵀ = σ² VᵀV/n_in: O(n k²), no n×n matrix
             args = plan.args[node.matrix.index]
             V = np.stack([value(a) for a in args], axis=2)
-            L = _row_factor(node.matrix.var / width * np.einsum("sni,snj->sij", V, V))
-            Z = stream(root, block, 4, node.matrix.index).standard_normal((S, width, len(args)))
+            L = _row_factor(node.matrix.var / V.shape[1] * np.einsum("sni,snj->sij", V, V))
+            rows = width if node.dim == WIDTH else node.dim
+            Z = stream(root, block, 4, node.matrix.index).standard_normal((S, rows, len(args)))
             drawn = Z @ L.transpose(0, 2, 1)
             position = {a.index: j for j, a in enumerate(args)}
             for use in plan.uses[node.matrix.index]:
@@ -335,38 +340,82 @@ def simulate_exact_block(plan: ExactPlan, width: int, targets, root, block: int,
     def apply_matrix(matrix: Matrix) -> None:
         """All MatMuls by one matrix at once: W V = B_W Lᵀ with L Lᵀ = σ² CᵀGC / n."""
         args = plan.args[matrix.index]
-        C = np.stack([coefficients(a) for a in args], axis=2)  # (S, M, k)
-        used = support(*(C[:, :, j] for j in range(C.shape[2])))
-        Cu = np.ascontiguousarray(C[:, used, :])
-        if limit:
-            L = _row_factor(matrix.var * np.einsum("smi,smj->sij", Cu, Cu))
+        if matrix.shape[1] != WIDTH:  # from a fixed dimension: the Gram of the explicit rows, at any width
+            U = np.stack([small(a) for a in args], axis=2)
+            L = _row_factor(matrix.var / matrix.shape[1] * np.einsum("sri,srj->sij", U, U))
         else:
-            L = _row_factor(matrix.var / width * congruences(Cu, gram(used, used)))
+            C = np.stack([coefficients(a) for a in args], axis=2)  # (S, M, k)
+            used = support(*(C[:, :, j] for j in range(C.shape[2])))
+            Cu = np.ascontiguousarray(C[:, used, :])
+            if limit:
+                L = _row_factor(matrix.var * np.einsum("smi,smj->sij", Cu, Cu))
+            else:
+                L = _row_factor(matrix.var / width * congruences(Cu, gram(used, used)))
         position = {a.index: j for j, a in enumerate(args)}
         for use in plan.uses[matrix.index]:
             c = np.zeros((S, M))
             c[:, plan.columns[matrix.index]] = L[:, position[use.arg.index], :]
             coef[use.index] = c
 
+    def small(v: Vector) -> np.ndarray:
+        """The N explicit rows (S, N) of a fixed-dimension vector."""
+        if v.index in front:
+            return front[v.index]
+        if v.index in values:
+            return values[v.index]
+        if isinstance(v, MatMul):  # rows iid N(0, σ² CᵀGC/n) (limit: σ² CᵀC), drawn for all uses at once
+            args = plan.args[v.matrix.index]
+            C = np.stack([coefficients(a) for a in args], axis=2)
+            used = support(*(C[:, :, j] for j in range(C.shape[2])))
+            Cu = np.ascontiguousarray(C[:, used, :])
+            row_cov = (np.einsum("smi,smj->sij", Cu, Cu) if limit else congruences(Cu, gram(used, used)) / width)
+            L = _row_factor(v.matrix.var * row_cov)
+            Z = stream(root, block, 5, v.matrix.index).standard_normal((S, v.dim, len(args)))
+            drawn = Z @ L.transpose(0, 2, 1)
+            position = {a.index: j for j, a in enumerate(args)}
+            for use in plan.uses[v.matrix.index]:
+                values[use.index] = drawn[:, :, position[use.arg.index]]
+            return values[v.index]
+        if isinstance(v, Nonlin):
+            out = v.phi(*(small(a) for a in v.args))
+        else:  # LinComb
+            out = 0.0
+            for k, a in zip(v.coeffs, v.args):
+                out = out + (scalar(k)[:, None] if isinstance(k, Scalar) else k) * small(a)
+        values[v.index] = out
+        return out
+
     def scalar(s: Scalar) -> np.ndarray:
         if s.index in front:
             return front[s.index]
         if s.index in values:
             return values[s.index]
-        value = dot(s) if isinstance(s, Dot) else scalar_function_value(s, scalar, values)
+        if isinstance(s, Dot) and s.args[0].dim != WIDTH:
+            value = np.einsum("sr,sr->s", small(s.args[0]), small(s.args[1])) / float(s.args[0].dim) ** s.exponent
+        elif isinstance(s, Moment):  # over a fixed dimension (width-n moments are in the front)
+            value = np.mean(s.phi(*(small(a) for a in s.args)), axis=1)
+        elif isinstance(s, Dot):
+            value = dot(s)
+        else:
+            value = scalar_function_value(s, scalar, values)
         values[s.index] = value
         return value
 
     out = np.empty((S, len(targets)))
     for j, t in enumerate(targets):
-        out[:, j] = scalar(t) if isinstance(t, Scalar) else np.einsum("sm,sm->s", b0, coefficients(t))
+        if isinstance(t, Scalar):
+            out[:, j] = scalar(t)
+        elif t.dim != WIDTH:
+            out[:, j] = small(t)[:, 0]
+        else:
+            out[:, j] = np.einsum("sm,sm->s", b0, coefficients(t))
     if not moments:
         return out
     # given everything else, the free columns' row-0 entries are iid N(0, 1): a Gaussian with these moments
     free = plan.free_columns
     weights = np.zeros((S, len(targets), len(free)))
     for j, t in enumerate(targets):
-        if isinstance(t, Vector):
+        if isinstance(t, Vector) and t.dim == WIDTH:
             weights[:, j] = coefficients(t)[:, free]
     mean = out - np.einsum("skf,sf->sk", weights, b0[:, free])
     return out, mean, np.einsum("skf,slf->skl", weights, weights)
