@@ -74,12 +74,13 @@ class ExactPlan:
                     self.factors[id(node.group)] = gaussian_factor(node.group.cov)
             if node.index not in self.front:
                 for parent in node.parents():
-                    if parent.index in self.front and isinstance(parent, Vector) and \
+                    if parent.index in self.front and isinstance(parent, Vector) and parent.dim == WIDTH and \
                             ("front", parent.index) not in self.columns:
                         self.columns[("front", parent.index)] = slice(size, size + 1)
                         size += 1
         for node in targets:
-            if node.index in self.front and isinstance(node, Vector) and ("front", node.index) not in self.columns:
+            if node.index in self.front and isinstance(node, Vector) and node.dim == WIDTH and \
+                    ("front", node.index) not in self.columns:
                 self.columns[("front", node.index)] = slice(size, size + 1)
                 size += 1
         if front_groups & linear_groups:
@@ -122,8 +123,15 @@ class ExactPlan:
         self.free_columns = np.array(sorted(set(range(size)) - read), dtype=int)
         for cols in self.components:
             if 0 < len(front_cols.intersection(cols.tolist())) < len(cols):
-                _refuse(next(n for n in self.needed if isinstance(n, Dot)),
-                        "a dot or matrix mixes a nonlinear front vector with Gaussian vectors after it")
+                culprit = next(n for n in self.needed if n.index not in self.front and not isinstance(n, Matrix)
+                               and isinstance(n, (Dot, MatMul)) and self._reads(n, front_cols, cols))
+                _refuse(culprit, "it mixes a vector computed through a nonlinearity with Gaussian vectors")
+
+    def _reads(self, node, front_cols: set, component) -> bool:
+        """Whether a dot or MatMul reads Gram entries of `component` that pair front and fresh columns."""
+        args = node.args if isinstance(node, Dot) else self.args[node.matrix.index]
+        cols = set().union(*(self.support(a) for a in args if a.dim == WIDTH))
+        return bool(cols & front_cols) and bool(cols - front_cols) and bool(cols & set(component.tolist()))
 
     def _front(self) -> set[int]:
         """Everything upstream of a non-identity nonlinearity or a moment: computed explicitly, O(n)."""

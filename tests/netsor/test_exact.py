@@ -119,6 +119,12 @@ def test_irreducible_programs_are_named():
     with pytest.raises(netsor.ProgramError, match="W is applied to a vector computed from W itself"):
         netsor.simulate(prog, 16, [twice], 10, method="exact")
     assert netsor.simulate(prog, 16, [twice], 10).shape == (10, 1)  # auto falls back to dense
+    prog = netsor.Program()
+    x, g = prog.input("x"), prog.input("g")
+    mixed = prog.matrix("W") @ (netsor.nonlin("relu", x) + g)
+    with pytest.raises(netsor.ProgramError, match=r"Wrelu\(x\)\+g := .*mixes a vector computed through a nonlin"):
+        netsor.simulate(prog, 16, [mixed], 10, method="exact")
+    assert netsor.simulate(prog, 16, [mixed], 10).shape == (10, 1)
 
 
 @pytest.mark.parametrize("name", ["1 head, gaussian", "3 heads, SPD", "2 heads, linear scaling",
