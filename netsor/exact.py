@@ -278,7 +278,11 @@ def simulate_exact_block(plan: ExactPlan, width: int, targets, root, block: int,
         b0[:, col] = front[idx][:, 0]
     front_cols = {c for c, _ in plan.front_columns}
     grams = []  # G = b₀b₀ᵀ + Wishart(n − 1), kept only within each component (nothing reads across)
+    free = set(plan.free_columns.tolist())
     for i, cols in enumerate(plan.components):
+        if free.issuperset(cols.tolist()):  # nothing reads this Gram
+            grams.append(None)
+            continue
         if limit:  # Ξ + Ξᵀ from the normals Bartlett puts below the diagonal
             r = len(cols)
             xi = np.zeros((S, r, r))
@@ -322,28 +326,29 @@ def simulate_exact_block(plan: ExactPlan, width: int, targets, root, block: int,
         coef[v.index] = c
         return c
 
-    def support(*cs) -> np.ndarray:
-        """The basis columns any of the coefficient arrays uses: Grams are only ever needed on these."""
-        return np.flatnonzero(np.any([np.any(c != 0.0, axis=0) for c in cs], axis=0))
+    def support(*vectors) -> np.ndarray:
+        """The basis columns the vectors can use (the plan's static supports): Grams are only read on these."""
+        return np.array(sorted(set().union(*(plan.support(v) for v in vectors))), dtype=int)
 
-    def bilinear(cu: np.ndarray, cv: np.ndarray) -> np.ndarray:
+    def bilinear(u: Vector, v: Vector) -> np.ndarray:
         """c_uᵀ G c_v per network, (S,), on the columns the two use (limit: c_uᵀ(Ξ+Ξᵀ)c_v)."""
-        iu, iv = support(cu), support(cv)
+        iu, iv = support(u), support(v)
         if len(iu) == 0 or len(iv) == 0:
             return np.zeros(S)
-        return bilinear_forms(np.ascontiguousarray(cu[:, iu]), gram(iu, iv), np.ascontiguousarray(cv[:, iv]))
+        return bilinear_forms(np.ascontiguousarray(coefficients(u)[:, iu]), gram(iu, iv),
+                              np.ascontiguousarray(coefficients(v)[:, iv]))
 
     def dot(s: Dot) -> np.ndarray:
-        cu, cv = coefficients(s.args[0]), coefficients(s.args[1])
         if not limit:
-            return bilinear(cu, cv) / float(width) ** s.exponent
+            return bilinear(*s.args) / float(width) ** s.exponent
+        cu, cv = coefficients(s.args[0]), coefficients(s.args[1])
         inner = np.einsum("sm,sm->s", cu, cv)  # the order-n part of G
         if s.exponent == 1.0:
             return inner
         if np.any(np.abs(inner) > 1e-9 * np.sqrt(np.einsum("sm,sm->s", cu, cu) * np.einsum("sm,sm->s", cv, cv))):
             raise ProgramError(f"{s.name} := {s.definition()}: E[Z^{s.args[0].name} Z^{s.args[1].name}] ≠ 0, so the "
                                f"dot diverges as n → ∞ and has no coupled limit")
-        return bilinear(cu, cv) if s.exponent == 0.5 else np.zeros(S)
+        return bilinear(*s.args) if s.exponent == 0.5 else np.zeros(S)
 
     def apply_matrix(matrix: Matrix) -> None:
         """All MatMuls by one matrix at once: W V = B_W Lᵀ with L Lᵀ = σ² CᵀGC / n."""
@@ -352,9 +357,8 @@ def simulate_exact_block(plan: ExactPlan, width: int, targets, root, block: int,
             U = np.stack([small(a) for a in args], axis=2)
             L = _row_factor(matrix.var / matrix.shape[1] * np.einsum("sri,srj->sij", U, U))
         else:
-            C = np.stack([coefficients(a) for a in args], axis=2)  # (S, M, k)
-            used = support(*(C[:, :, j] for j in range(C.shape[2])))
-            Cu = np.ascontiguousarray(C[:, used, :])
+            used = support(*args)
+            Cu = np.stack([coefficients(a)[:, used] for a in args], axis=2)  # (S, |used|, k)
             if limit:
                 L = _row_factor(matrix.var * np.einsum("smi,smj->sij", Cu, Cu))
             else:
@@ -373,9 +377,8 @@ def simulate_exact_block(plan: ExactPlan, width: int, targets, root, block: int,
             return values[v.index]
         if isinstance(v, MatMul):  # rows iid N(0, σ² CᵀGC/n) (limit: σ² CᵀC), drawn for all uses at once
             args = plan.args[v.matrix.index]
-            C = np.stack([coefficients(a) for a in args], axis=2)
-            used = support(*(C[:, :, j] for j in range(C.shape[2])))
-            Cu = np.ascontiguousarray(C[:, used, :])
+            used = support(*args)
+            Cu = np.stack([coefficients(a)[:, used] for a in args], axis=2)
             row_cov = (np.einsum("smi,smj->sij", Cu, Cu) if limit else congruences(Cu, gram(used, used)) / width)
             L = _row_factor(v.matrix.var * row_cov)
             Z = stream(root, block, 5, v.matrix.index).standard_normal((S, v.dim, len(args)))
