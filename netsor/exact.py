@@ -212,6 +212,20 @@ def _row_factor(row_cov: np.ndarray) -> np.ndarray:
     return semidefinite_cholesky(np.ascontiguousarray(row_cov.transpose(1, 2, 0))).transpose(2, 0, 1)
 
 
+def _explicit_row_factor(matrix: Matrix, V: np.ndarray) -> np.ndarray:
+    """L with L Lᵀ = σ² VᵀV/d for explicit argument rows V (S, d, k): the row covariance of W V."""
+    return _row_factor(matrix.var / V.shape[1] * np.einsum("sdi,sdj->sij", V, V))
+
+
+def _draw_uses(plan: ExactPlan, matrix: Matrix, L: np.ndarray, rng, rows: int, values: dict) -> None:
+    """W V = Z Lᵀ with Z (S, rows, k) standard normal: the explicit rows of every MatMul by W, into `values`."""
+    args = plan.args[matrix.index]
+    drawn = rng.standard_normal((L.shape[0], rows, len(args))) @ L.transpose(0, 2, 1)
+    position = {a.index: j for j, a in enumerate(args)}
+    for use in plan.uses[matrix.index]:
+        values[use.index] = drawn[:, :, position[use.arg.index]]
+
+
 def _front_values(plan: ExactPlan, width: int, root, block: int, S: int) -> dict:
     """The explicit front of `S` networks: vectors (S, n), scalars (S,)."""
     values: dict = {}
@@ -228,15 +242,9 @@ def _front_values(plan: ExactPlan, width: int, root, block: int, S: int) -> dict
                 values[m.index] = drawn[:, :, m.position]
             return values[node.index]
         if isinstance(node, MatMul):  # W V = Z Lᵀ, L Lᵀ = σ² VᵀV/n_in: O(n k²), no n×n matrix
-            args = plan.args[node.matrix.index]
-            V = np.stack([value(a) for a in args], axis=2)
-            L = _row_factor(node.matrix.var / V.shape[1] * np.einsum("sni,snj->sij", V, V))
-            rows = width if node.dim == WIDTH else node.dim
-            Z = stream(root, block, 4, node.matrix.index).standard_normal((S, rows, len(args)))
-            drawn = Z @ L.transpose(0, 2, 1)
-            position = {a.index: j for j, a in enumerate(args)}
-            for use in plan.uses[node.matrix.index]:
-                values[use.index] = drawn[:, :, position[use.arg.index]]
+            V = np.stack([value(a) for a in plan.args[node.matrix.index]], axis=2)
+            _draw_uses(plan, node.matrix, _explicit_row_factor(node.matrix, V),
+                       stream(root, block, 4, node.matrix.index), width if node.dim == WIDTH else node.dim, values)
             return values[node.index]
         if isinstance(node, Nonlin):
             out = node.phi(*(value(a) for a in node.args))
@@ -350,19 +358,21 @@ def simulate_exact_block(plan: ExactPlan, width: int, targets, root, block: int,
                                f"dot diverges as n → ∞ and has no coupled limit")
         return bilinear(*s.args) if s.exponent == 0.5 else np.zeros(S)
 
+    def linear_row_factor(matrix: Matrix) -> np.ndarray:
+        """L with L Lᵀ = σ² CᵀGC/n (limit: σ² CᵀC), the row covariance of W applied to its width-n arguments."""
+        args = plan.args[matrix.index]
+        used = support(*args)
+        Cu = np.stack([coefficients(a)[:, used] for a in args], axis=2)  # (S, |used|, k)
+        row_cov = np.einsum("smi,smj->sij", Cu, Cu) if limit else congruences(Cu, gram(used, used)) / width
+        return _row_factor(matrix.var * row_cov)
+
     def apply_matrix(matrix: Matrix) -> None:
-        """All MatMuls by one matrix at once: W V = B_W Lᵀ with L Lᵀ = σ² CᵀGC / n."""
+        """All MatMuls by one matrix at once: W V = B_W Lᵀ with L Lᵀ the row covariance of W V."""
         args = plan.args[matrix.index]
         if matrix.shape[1] != WIDTH:  # from a fixed dimension: the Gram of the explicit rows, at any width
-            U = np.stack([small(a) for a in args], axis=2)
-            L = _row_factor(matrix.var / matrix.shape[1] * np.einsum("sri,srj->sij", U, U))
+            L = _explicit_row_factor(matrix, np.stack([small(a) for a in args], axis=2))
         else:
-            used = support(*args)
-            Cu = np.stack([coefficients(a)[:, used] for a in args], axis=2)  # (S, |used|, k)
-            if limit:
-                L = _row_factor(matrix.var * np.einsum("smi,smj->sij", Cu, Cu))
-            else:
-                L = _row_factor(matrix.var / width * congruences(Cu, gram(used, used)))
+            L = linear_row_factor(matrix)
         position = {a.index: j for j, a in enumerate(args)}
         for use in plan.uses[matrix.index]:
             c = np.zeros((S, M))
@@ -376,16 +386,8 @@ def simulate_exact_block(plan: ExactPlan, width: int, targets, root, block: int,
         if v.index in values:
             return values[v.index]
         if isinstance(v, MatMul):  # rows iid N(0, σ² CᵀGC/n) (limit: σ² CᵀC), drawn for all uses at once
-            args = plan.args[v.matrix.index]
-            used = support(*args)
-            Cu = np.stack([coefficients(a)[:, used] for a in args], axis=2)
-            row_cov = (np.einsum("smi,smj->sij", Cu, Cu) if limit else congruences(Cu, gram(used, used)) / width)
-            L = _row_factor(v.matrix.var * row_cov)
-            Z = stream(root, block, 5, v.matrix.index).standard_normal((S, v.dim, len(args)))
-            drawn = Z @ L.transpose(0, 2, 1)
-            position = {a.index: j for j, a in enumerate(args)}
-            for use in plan.uses[v.matrix.index]:
-                values[use.index] = drawn[:, :, position[use.arg.index]]
+            _draw_uses(plan, v.matrix, linear_row_factor(v.matrix), stream(root, block, 5, v.matrix.index), v.dim,
+                       values)
             return values[v.index]
         if isinstance(v, Nonlin):
             out = v.phi(*(small(a) for a in v.args))

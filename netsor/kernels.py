@@ -79,6 +79,19 @@ def hermite_rule(order: int) -> tuple[np.ndarray, np.ndarray]:
     return nodes, weights / math.sqrt(2 * math.pi)
 
 
+@lru_cache(maxsize=64)
+def tensor_hermite_rule(order: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes (order^dim, dim) and weights of the tensor-product rule for E[f(z)], z ~ N(0, I_dim)."""
+    nodes, weights = hermite_rule(order)
+    grid = np.stack(np.meshgrid(*([nodes] * dim), indexing="ij"), axis=-1).reshape(-1, dim)
+    w = np.ones(1)
+    for _ in range(dim):
+        w = np.multiply.outer(w, weights).ravel()
+    grid.setflags(write=False)  # cached and shared
+    w.setflags(write=False)
+    return grid, w
+
+
 def gaussian_factor(cov: np.ndarray, rtol: float = 1e-12) -> np.ndarray:
     """F with F Fᵀ = cov and F of full column rank (rank-revealing eigendecomposition; cov may be singular)."""
     cov = np.atleast_2d(np.asarray(cov, dtype=float))
@@ -111,12 +124,7 @@ def gaussian_expectation(integrand, cov: np.ndarray, coarse: bool = False, kinks
         values = np.asarray(integrand(t[:, None] * factor[:, 0]), dtype=float)
         return np.tensordot(w, values, axes=(0, 0))
     if rank in FINE_ORDERS:
-        order = FINE_ORDERS[rank] // 2 if coarse else FINE_ORDERS[rank]
-        nodes, weights = hermite_rule(order)
-        grid = np.stack(np.meshgrid(*([nodes] * rank), indexing="ij"), axis=-1).reshape(-1, rank)
-        w = np.ones(1)
-        for _ in range(rank):
-            w = np.multiply.outer(w, weights).ravel()
+        grid, w = tensor_hermite_rule(FINE_ORDERS[rank] // 2 if coarse else FINE_ORDERS[rank], rank)
         values = np.asarray(integrand(grid @ factor.T), dtype=float)
         return np.tensordot(w, values, axes=(0, 0))
     rng = np.random.default_rng(np.random.SeedSequence(20261123, spawn_key=(int(coarse),)))
@@ -155,11 +163,7 @@ def batched_gaussian_expectation(integrand, cov: np.ndarray) -> np.ndarray:
     d, _, B = cov.shape
     if d > max(BATCHED_ORDERS):
         raise ValueError(f"per-sample quadrature supports at most {max(BATCHED_ORDERS)} Gaussian dimensions, got {d}")
-    nodes, weights = hermite_rule(BATCHED_ORDERS[d])
-    grid = np.stack(np.meshgrid(*([nodes] * d), indexing="ij"), axis=-1).reshape(-1, d)
-    w = np.ones(1)
-    for _ in range(d):
-        w = np.multiply.outer(w, weights).ravel()
+    grid, w = tensor_hermite_rule(BATCHED_ORDERS[d], d)
     factors = semidefinite_cholesky(np.ascontiguousarray(cov, dtype=float))
     out = np.empty(B)
     step = max(1, BATCH_POINTS // len(grid))
