@@ -1,6 +1,10 @@
-"""limits: uses of the netsor language — builders for standard networks (and, as they land, attention layers,
-divergences, width sweeps, plots and the command line)."""
+"""limits: uses of the netsor language — builders (MLP, attention), divergences between finite-width and limit
+laws, sweeps of KL against width or heads (local or Dask), plots and the `netsor-limits` command line."""
+from . import divergence, plot
 from .attention import AttentionLayer, attention_layer
 from .builders import Network, mlp
+from .divergence import KLEstimate, kl
+from .sweep import RateFit, fit_rate, kl_vs_heads, kl_vs_width
 
-__all__ = ["AttentionLayer", "attention_layer", "Network", "mlp"]
+__all__ = ["AttentionLayer", "attention_layer", "Network", "mlp", "divergence", "kl", "KLEstimate",
+           "kl_vs_width", "kl_vs_heads", "fit_rate", "RateFit", "plot"]

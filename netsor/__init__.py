@@ -7,13 +7,13 @@ from .nonlinearities import Nonlinearity, clip, erf, from_sympy, gelu, identity,
 from .program import (Dot, Input, LinComb, MatMul, Matrix, Moment, Node, Nonlin, Program, Scalar, ScalarFn,
                       SoftmaxEntry, Vector, dot, lincomb, matmul, moment, nonlin, scalar_fn, softmax)
 from .exact import CoupledDraws, simulate_coupled
-from .finite_width import simulate
+from .finite_width import simulate, simulate_with_moments
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ProgramError", "Program", "Node", "Vector", "Scalar", "Matrix", "Input", "MatMul", "Nonlin", "LinComb",
     "Moment", "Dot", "ScalarFn", "SoftmaxEntry", "matmul", "nonlin", "lincomb", "moment", "dot", "scalar_fn",
-    "softmax", "limit", "Law", "simulate", "simulate_coupled", "CoupledDraws", "Nonlinearity", "identity",
+    "softmax", "limit", "Law", "simulate", "simulate_with_moments", "simulate_coupled", "CoupledDraws", "Nonlinearity", "identity",
     "relu", "erf", "tanh", "gelu", "clip", "from_sympy",
 ]

@@ -165,6 +165,33 @@ def simulate(program: Program, width: int, variables, size: int, seed=None, meth
     return _run_blocks(work, size, block, len(targets), chunk_size, threads)
 
 
+def simulate_with_moments(program: Program, width: int, variables, size: int, seed=None,
+                          threads: int | None = None):
+    """`simulate(..., method="exact")` plus, per network, the mean and covariance of the draws given everything
+    but the last Gaussian rows (the Grams and random scalars): the finite-width law is the Gaussian mixture
+    mean_m N(means_m, covs_m), the component form the "mixture" KL estimator needs.
+
+    Returns (draws (size, k), means (size, k), covs (size, k, k)); draws equal `simulate`'s for the same seed.
+    """
+    if not isinstance(program, Program):
+        raise ProgramError(f"simulate_with_moments: expected a netsor Program, got {type(program).__name__}")
+    width = check_width(width)
+    targets = program.resolve(variables, "simulate_with_moments")
+    size = check_size(size)
+    root = seed_sequence(seed)
+    if threads is not None:
+        threads = check_size(threads, "threads")
+    plan = exact.ExactPlan(program, targets)  # ProgramError naming the node where exact sampling does not apply
+    k = len(targets)
+
+    def work(b):
+        draws, means, covs = exact.simulate_exact_block(plan, width, targets, root, b[0], b[2], moments=True)
+        return np.concatenate([draws, means, covs.reshape(len(draws), k * k)], axis=1)
+
+    flat = _run_blocks(work, size, plan.block_size(width), 2 * k + k * k, None, threads)
+    return flat[:, :k], flat[:, k:2 * k], flat[:, 2 * k:].reshape(size, k, k)
+
+
 def check_width(width) -> int:
     if isinstance(width, bool) or not isinstance(width, numbers.Integral) or width < 1:
         raise ProgramError(f"simulate: width must be a positive integer, got {width!r}")

@@ -1,0 +1,122 @@
+"""Figures: KL against width (or heads) with error bars and the fitted slope; finite-width densities against the
+limit's; score distributions. Each function draws on `ax` (or a new figure) and, given `path`, writes PNG and PDF.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+import netsor
+from netsor import ProgramError
+
+from .sweep import RateFit, _target, fit_rate, summarize
+
+
+def save(fig, path) -> list[Path]:
+    """Write `fig` as path.png and path.pdf (any suffix of `path` is replaced); returns the two paths."""
+    base = Path(path)
+    base = base.with_suffix("") if base.suffix.lower() in (".png", ".pdf") else base
+    base.parent.mkdir(parents=True, exist_ok=True)
+    written = [base.with_name(base.name + ".png"), base.with_name(base.name + ".pdf")]
+    fig.savefig(written[0], dpi=150, bbox_inches="tight")
+    fig.savefig(written[1], bbox_inches="tight")
+    return written
+
+
+def _axes(ax):
+    if ax is not None:
+        return ax.figure, ax
+    import matplotlib.pyplot as plt
+    return plt.subplots(figsize=(5.2, 3.8))
+
+
+def kl_vs_width(df, fit: RateFit | bool | None = True, against: str = "width", ax=None, path=None, label=None):
+    """Log–log KL (mean over seeds, error bar 1 SE) against `against`; points under 3 SE drawn as upper bounds
+    (open triangles at mean + 2 SE); `fit` True fits `fit_rate` (skipped if too few points), or pass a RateFit."""
+    fig, ax = _axes(ax)
+    if df.empty:
+        raise ProgramError("plot.kl_vs_width: the table is empty")
+    estimator = ", ".join(sorted(set(df["estimator"]))) if "estimator" in df else ""
+    label = label or estimator or "KL"
+    if fit is True:
+        try:
+            fit = fit_rate(df, against=against)
+        except ProgramError:
+            fit = None
+    points = fit.points if isinstance(fit, RateFit) else summarize(df, against)
+    good = points[points["used"]]
+    bound = points[~points["used"]]
+    line = ax.errorbar(good[against], good["kl"], yerr=good["se"], fmt="o-", capsize=3, label=label)
+    if len(bound):
+        ax.plot(bound[against], np.maximum(bound["kl"], 0) + 2 * bound["se"], "v", mfc="none",
+                color=line[0].get_color(), label=f"{label}: upper bound (< 3 SE)")
+    if isinstance(fit, RateFit):
+        x = np.geomspace(points[against].min(), points[against].max(), 50)
+        ax.plot(x, fit.predict(x), "--", color="0.4",
+                label=f"slope −{fit.exponent:.2f} [{fit.ci[0]:.2f}, {fit.ci[1]:.2f}]")
+    ax.set_xscale("log", base=2 if against == "width" else 10)
+    ax.set_yscale("log")
+    ax.set_xlabel({"width": "width n", "heads": "heads H"}.get(against, against))
+    ax.set_ylabel("KL(finite ‖ limit)")
+    ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    if path is not None:
+        save(fig, path)
+    return fig, ax
+
+
+def densities(layer_or_program, widths=(16, 64, 256, 1024), variables=None, size: int = 50_000, seed=0, ax=None,
+              path=None, bins: int = 120):
+    """Histograms (as step densities) of one finite-width variable at each width, with the limit density
+    (exact mixture `Law.pdf`) on top."""
+    program, variables = _target(layer_or_program, variables, "plot.densities")
+    if len(variables) != 1:
+        raise ProgramError("plot.densities: pass one variable")
+    fig, ax = _axes(ax)
+    law = netsor.limit(program)
+    draws = {w: netsor.simulate(program, w, variables, size, np.random.SeedSequence(seed, spawn_key=(1, w)))[:, 0]
+             for w in widths}
+    reference = law.sample(variables, size, np.random.SeedSequence(seed, spawn_key=(2,)))[:, 0]
+    lo, hi = np.percentile(reference, [0.1, 99.9])
+    edges = np.linspace(lo, hi, bins + 1)
+    for w, y in draws.items():
+        ax.hist(y, bins=edges, density=True, histtype="step", label=f"n = {w}")
+    grid = np.linspace(lo, hi, 400)
+    ax.plot(grid, law.pdf(grid, variables), "k-", lw=1.5, label="limit")
+    ax.set_xlabel(variables[0].name)
+    ax.set_ylabel("density")
+    ax.legend(fontsize=8)
+    if path is not None:
+        save(fig, path)
+    return fig, ax
+
+
+def scores(layers: dict, widths=(16, 256), size: int = 50_000, seed=0, ax=None, path=None, bins: int = 100):
+    """Distribution of the first score p_11 for each labelled layer ({label: AttentionLayer}, e.g. 1/sqrt(n) and
+    1/n scaling): finite widths as step histograms, the limit's law as a line (a point mass drawn as a bar)."""
+    fig, ax = _axes(ax)
+    for i, (label, layer) in enumerate(layers.items()):
+        score = layer.scores[0][0][0]
+        law = netsor.limit(layer.program)
+        limit = law.sample_scalars([score], size, np.random.SeedSequence(seed, spawn_key=(2, i)))[:, 0]
+        finite = {w: layer.simulate(w, size, np.random.SeedSequence(seed, spawn_key=(1, i, w)), [score])[:, 0]
+                  for w in widths}
+        values = np.concatenate([limit] + list(finite.values()))
+        lo, hi = np.percentile(values, [0.2, 99.8])
+        lo, hi = (lo - 0.5, hi + 0.5) if hi - lo < 1e-9 else (lo, hi)
+        edges = np.linspace(lo, hi, bins + 1)
+        for w, y in finite.items():
+            ax.hist(y, bins=edges, density=True, histtype="step", label=f"{label}, n = {w}")
+        if np.ptp(limit) < 1e-12:
+            ax.axvline(limit[0], color="k", lw=1.5, ls=":" if i else "-", label=f"{label}, limit (point mass)")
+        else:
+            density, _ = np.histogram(limit, bins=edges, density=True)
+            ax.plot((edges[:-1] + edges[1:]) / 2, density, "k", lw=1.5, ls=":" if i else "-",
+                    label=f"{label}, limit")
+    ax.set_xlabel("score p₁₁")
+    ax.set_ylabel("density")
+    ax.legend(fontsize=7)
+    if path is not None:
+        save(fig, path)
+    return fig, ax
