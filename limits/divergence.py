@@ -234,9 +234,8 @@ def _mixture_1d(var_n, var_l, paired: bool, bins: int = 2048, **unused):
     dy[0] += y[0]  # [0, y₀]: every density is flat there
 
     log_phi = -0.5 * y[None, :] ** 2 / np.exp(nodes)[:, None] - 0.5 * (nodes[:, None] + math.log(2 * math.pi))
-    with np.errstate(divide="ignore"):
-        log_wn, log_wl = np.log(wn)[:, None], np.log(wl)[:, None]
-    log_fn, log_fl = logsumexp(log_phi + log_wn, axis=0), logsumexp(log_phi + log_wl, axis=0)
+    phi = np.exp(log_phi)
+    log_fn, log_fl = _log_mix(wn, phi, log_phi), _log_mix(wl, phi, log_phi)
     f_n, f_l = np.exp(log_fn), np.exp(log_fl)
     log_ratio = log_fn - log_fl
     ratio = np.exp(log_ratio)
@@ -244,15 +243,15 @@ def _mixture_1d(var_n, var_l, paired: bool, bins: int = 2048, **unused):
 
     # O(1/M) bias of the plug-in: ½∫ Var f̂_n / f_n + f_n Var f̂_∞ / f_∞² − 2 Cov(f̂_n, f̂_∞) / f_∞.
     Mn, Ml = len(var_n), len(var_l)
-    sq_n, sq_l = logsumexp(2 * log_phi + log_wn, axis=0), logsumexp(2 * log_phi + log_wl, axis=0)
+    sq_n, sq_l = _log_mix(wn, phi ** 2, 2 * log_phi), _log_mix(wl, phi ** 2, 2 * log_phi)
     second = (np.exp(sq_n - log_fn) - f_n) / Mn + (np.exp(log_fn + sq_l - 2 * log_fl) - f_n) / Ml
     if paired:
         second -= 2 * (np.exp(_log_cross_moment(un, ul, y) - log_fl) - f_n) / Mn
     bias = np.sum(dy * second)  # ½ · 2 (both half lines)
 
     # Influence functions at the nodes, then at each component by the same linear interpolation.
-    psi_nodes = 2 * np.exp(log_phi) @ (dy * log_ratio)
-    chi_nodes = 2 * np.exp(log_phi) @ (dy * (1 - ratio))
+    psi_nodes = 2 * phi @ (dy * log_ratio)
+    chi_nodes = 2 * phi @ (dy * (1 - ratio))
     psi = _interpolate(psi_nodes, ln, fn, bins)
     chi = _interpolate(chi_nodes, ll, fl, bins)
     if paired:
@@ -260,6 +259,17 @@ def _mixture_1d(var_n, var_l, paired: bool, bins: int = 2048, **unused):
     else:
         first = (np.var(psi, ddof=1) / Mn if Mn > 1 else 0.0) + (np.var(chi, ddof=1) / Ml if Ml > 1 else 0.0)
     return plug_in - bias, math.sqrt(first + bias ** 2)
+
+
+def _log_mix(weights, values, log_values):
+    """log Σ_b w_b v_b(y) per grid point: a matrix product, with log-sum-exp only where it underflows (far tails)."""
+    total = weights @ values
+    with np.errstate(divide="ignore"):
+        out = np.log(total)
+        small = total < 1e-250
+        if small.any():
+            out[small] = logsumexp(log_values[:, small] + np.log(weights)[:, None], axis=0)
+    return out
 
 
 def _interpolate(values, left, frac, bins):

@@ -1,0 +1,157 @@
+"""Sweeps: tidy tables, determinism, the decay fit, resuming an interrupted run, and Dask equal to local."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import netsor
+from limits import attention_layer, fit_rate, kl_vs_heads, kl_vs_width, sweep
+
+ROOT = Path(__file__).resolve().parents[2]
+SMALL = dict(size=3000, progress=False)
+
+
+@pytest.fixture(scope="module")
+def layer():
+    return attention_layer(seq_len=3, heads=2, inputs="gaussian")
+
+
+def test_kl_vs_width_table(layer):
+    df = kl_vs_width(layer, widths=[64, 16], seeds=2, **SMALL)
+    assert list(df.columns) == sweep.COLUMNS
+    assert df[["width", "seed"]].values.tolist() == [[16, 0], [16, 1], [64, 0], [64, 1]]
+    assert (df["estimator"] == "mixture").all() and (df["n_samples"] == 3000).all()
+    # same seeds, same rows — whichever other seeds or widths are in the sweep
+    one = kl_vs_width(layer, widths=[16], seeds=[1], **SMALL)
+    assert one["kl"].iloc[0] == df["kl"].iloc[1]
+    # the KL at n = 16 is resolved and larger than at 64
+    assert (df["kl"] > 3 * df["se"]).all()
+    assert df["kl"].iloc[:2].mean() > df["kl"].iloc[2:].mean()
+
+
+@pytest.mark.parametrize("estimator", ["kde", "fftkde", "knn", "coupled"])
+def test_every_estimator_runs_in_a_sweep(layer, estimator):
+    df = kl_vs_width(layer, widths=[16], seeds=1, estimator=estimator, **SMALL)
+    assert df["estimator"].iloc[0] == estimator and np.isfinite(df["kl"].iloc[0])
+
+
+def test_kl_vs_heads_decreases_towards_the_gaussian():
+    df = kl_vs_heads(heads=[1, 4], seq_len=3, inputs="gaussian", size=20_000, seeds=1, progress=False)
+    assert list(df.columns[:2]) == ["heads", "width"] and np.isinf(df["width"]).all()
+    assert df["kl"].iloc[0] > 3 * df["kl"].iloc[1] > 0
+    finite = kl_vs_heads(heads=[1], width=16, seq_len=3, inputs="gaussian", **SMALL)
+    assert finite["width"].iloc[0] == 16 and finite["kl"].iloc[0] > 0
+
+
+def test_fit_rate_recovers_a_known_exponent_and_skips_bounds():
+    rng = np.random.default_rng(0)
+    widths = [16, 64, 256, 1024, 4096]
+    rows = []
+    for w in widths:
+        for s in range(4):
+            truth = 3.0 * w ** -1.5
+            se = 0.05 * truth if w < 4096 else 10 * truth  # the last point is unresolved
+            rows.append({"width": w, "seed": s, "kl": truth + se * rng.standard_normal(), "se": se})
+    fit = fit_rate(pd.DataFrame(rows))
+    assert fit.ci[0] < 1.5 < fit.ci[1] and fit.ci[1] - fit.ci[0] < 0.1
+    assert fit.points["used"].tolist() == [True, True, True, True, False]
+    # power: a wrong exponent is outside the interval
+    assert not fit.ci[0] < 1.0 < fit.ci[1]
+    with pytest.raises(netsor.ProgramError, match="nothing to fit"):
+        fit_rate(pd.DataFrame(rows[:4] + [dict(r, kl=1e-9) for r in rows[4:]]))
+
+
+def test_out_dir_resumes_without_recomputing(layer, tmp_path, monkeypatch):
+    first = kl_vs_width(layer, widths=[16, 32], seeds=2, out_dir=tmp_path, **SMALL)
+    assert (tmp_path / "kl_vs_width.csv").exists()
+    (task_dir,) = tmp_path.glob("tasks-*")
+    files = sorted(task_dir.glob("mixture-*.json"))
+    assert len(files) == 4 and json.loads((task_dir / "sweep.json").read_text())["size"] == 3000
+    files[0].unlink()
+    calls = []
+    original = sweep.run_task
+    monkeypatch.setattr(sweep, "run_task", lambda task: calls.append(task.key) or original(task))
+    again = kl_vs_width(layer, widths=[16, 32], seeds=2, out_dir=tmp_path, **SMALL)
+    assert calls == [files[0].stem]
+    pd.testing.assert_frame_equal(first.drop(columns="seconds"), again.drop(columns="seconds"))
+    # a different configuration in the same folder does not reuse these results
+    calls.clear()
+    kl_vs_width(layer, widths=[16], seeds=1, out_dir=tmp_path, size=2000, progress=False)
+    assert len(calls) == 1 and len(list(tmp_path.glob("tasks-*"))) == 2
+
+
+def test_killed_sweep_keeps_finished_tasks(tmp_path):
+    script = textwrap.dedent(f"""
+        import sys; sys.path.insert(0, {str(ROOT)!r})
+        from limits import attention_layer, kl_vs_width
+        kl_vs_width(attention_layer(seq_len=3, heads=2, inputs="gaussian"), widths=[16, 32, 64, 128, 256, 512],
+                    seeds=3, size=20_000, out_dir={str(tmp_path)!r}, progress=False)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(tmp_path.glob("tasks-*/mixture-*.json"))) < 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    kept = {p.stem: p.read_text() for p in tmp_path.glob("tasks-*/mixture-*.json")}
+    assert 2 <= len(kept) < 18, proc.stderr.read().decode()[-2000:]
+    assert not list(tmp_path.glob("tasks-*/*.tmp"))  # atomic writes: no half files are visible as results
+    calls = []
+    original = sweep.run_task
+    sweep.run_task = lambda task: calls.append(task.key) or original(task)
+    try:
+        df = kl_vs_width(attention_layer(seq_len=3, heads=2, inputs="gaussian"), widths=[16, 32, 64, 128, 256, 512],
+                         seeds=3, size=20_000, out_dir=tmp_path, progress=False)
+    finally:
+        sweep.run_task = original
+    assert len(df) == 18 and len(calls) == 18 - len(kept) and not set(calls) & set(kept)
+    for key, text in kept.items():  # finished tasks are untouched
+        assert (next(tmp_path.glob(f"tasks-*/{key}.json"))).read_text() == text
+
+
+def test_dask_backend_equals_local(layer):
+    pytest.importorskip("dask.distributed")
+    from dask.distributed import Client, LocalCluster
+    local = kl_vs_width(layer, widths=[16, 64], seeds=2, estimator="mixture", **SMALL)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        remote = kl_vs_width(layer, widths=[16, 64], seeds=2, estimator="mixture", backend="dask", client=client,
+                             **SMALL)
+        heads_local = kl_vs_heads(heads=[1, 2], seq_len=3, inputs="gaussian", **SMALL)
+        heads_remote = kl_vs_heads(heads=[1, 2], seq_len=3, inputs="gaussian", backend="dask", client=client,
+                                   **SMALL)
+    pd.testing.assert_frame_equal(local.drop(columns="seconds"), remote.drop(columns="seconds"))
+    pd.testing.assert_frame_equal(heads_local.drop(columns="seconds"), heads_remote.drop(columns="seconds"))
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda L: kl_vs_width(L, widths=[0], **SMALL), "widths"),
+    (lambda L: kl_vs_width(L, widths=[16], seeds=0, **SMALL), "seeds"),
+    (lambda L: kl_vs_width(L, widths=[16], seeds=[1, 1], **SMALL), "repeat"),
+    (lambda L: kl_vs_width(L, widths=[16], estimator="tv", **SMALL), "unknown estimator"),
+    (lambda L: kl_vs_width(L, widths=[16], backend="ray", **SMALL), "unknown backend"),
+    (lambda L: kl_vs_width(L.program, widths=[16], **SMALL), "name the variables"),
+    (lambda L: kl_vs_width("attention", widths=[16], **SMALL), "expected an AttentionLayer"),
+    (lambda L: kl_vs_width(L, widths=[16], size=1, progress=False), "size"),
+    (lambda L: kl_vs_heads(heads=[1], outputs=[7], seq_len=3, **SMALL), "outputs"),
+    (lambda L: kl_vs_heads(heads=[1], estimator="coupled", seq_len=3, **SMALL), "coupled"),
+])
+def test_bad_sweep_arguments(layer, call, message):
+    with pytest.raises(netsor.ProgramError, match=message):
+        call(layer)
+
+
+def test_unwritable_out_dir_is_a_program_error(layer, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(netsor.ProgramError, match="out_dir"):
+        kl_vs_width(layer, widths=[16], out_dir=blocker / "sub", **SMALL)
+    assert os.path.exists(blocker)
