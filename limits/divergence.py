@@ -147,7 +147,9 @@ def _components(x, name: str) -> tuple[np.ndarray, np.ndarray]:
         raise ProgramError(f"kl: {name} components contain NaN or inf")
     diag = np.diagonal(covs, axis1=1, axis2=2)
     if np.any(diag <= 0):
-        raise ProgramError(f"kl: {name} components have a non-positive variance; the mixture has no density")
+        raise ProgramError(f"kl: {name} components have a non-positive variance: the variable is not Gaussian given "
+                           "what was conditioned on, so this law has no mixture form here; use a sample-based "
+                           "estimator (kde, fftkde, knn)")
     return means, covs
 
 

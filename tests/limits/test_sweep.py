@@ -130,6 +130,9 @@ def test_dask_backend_equals_local(layer):
                                    **SMALL)
     pd.testing.assert_frame_equal(local.drop(columns="seconds"), remote.drop(columns="seconds"))
     pd.testing.assert_frame_equal(heads_local.drop(columns="seconds"), heads_remote.drop(columns="seconds"))
+    # no client: the sweep starts (and closes) its own two-worker LocalCluster
+    own = kl_vs_width(layer, widths=[16], seeds=[1], backend="dask", **SMALL)
+    assert own["kl"].iloc[0] == local["kl"].iloc[1]
 
 
 @pytest.mark.parametrize("call, message", [
