@@ -147,41 +147,354 @@ def quadratic_forms(left, middle, right, symmetric: bool = False):
     return matmul_stacks(matmul_stacks(left, middle, False, False), right, True, symmetric)
 
 
+# ---------------------------------------------------------------------------------------- exact sampling
+# Kernels that draw from a numpy Generator inside numba: the same ziggurat as Generator.standard_normal (the
+# same numbers, several times faster than numpy's own loop), one Generator per block of networks.
+
+
 @numba.njit(**_JIT)
-def bilinear_forms(left, gram, right):
-    """out[s] = left[s]ᵀ gram[s] right[s] for (S, a), (S, a, b), (S, b): dots u·v = c_uᵀ G c_v per network."""
+def standard_normals(rng, out):
+    """Fill `out` (any shape, C-contiguous) with standard normals from `rng`, in C order."""
+    flat = out.reshape(-1)
+    for i in range(flat.size):
+        flat[i] = rng.standard_normal()
+    return out
+
+
+PHI_IDENTITY, PHI_RELU, PHI_CLIP = 0, 1, 2  # the nonlinearities a front layer applies itself
+FRONT_CHUNK = 256  # coordinates whose normals are drawn at once, in a tight loop, before they are used
+
+
+@numba.njit(**_JIT)
+def front_layer_grams(rng, width, factors, ranks, col_matrix, col_arg, col_phi, col_bound, row0, gram):
+    """One layer of a nonlinear front, streamed over the width without materialising any n-vector.
+
+    Matrix j (of `q`) applied to its k_j arguments gives rows u = L_j z, z ~ N(0, I_{k_j}), iid over the n
+    coordinates, with L_j = factors[s, j, :k_j, :k_j] lower-triangular per network s. Column c of the front is
+    φ_c(u[col_arg[c]]) of matrix col_matrix[c] (φ: identity, relu, clip at ±col_bound[c]). Writes coordinate 0
+    of the columns into row0 (S, m) and their Gram Σ_α x_α x_αᵀ into gram (S, m, m). Normals are drawn network
+    by network, in chunks of FRONT_CHUNK coordinates, within a chunk normal by normal (matrix j's argument a)
+    and then coordinate by coordinate."""
+    S, q, kmax, _ = factors.shape
+    m = col_matrix.shape[0]
+    draws = 0
+    offset = np.empty(q, dtype=np.int64)  # where matrix j's normals start among a coordinate's draws
+    for j in range(q):
+        offset[j] = draws
+        draws += ranks[j]
+    z = np.empty((draws, FRONT_CHUNK))
+    X = np.empty((m, FRONT_CHUNK))
+    acc = np.empty((m, m))
+    for s in range(S):
+        for a in range(m):
+            for b in range(m):
+                acc[a, b] = 0.0
+        for start in range(0, width, FRONT_CHUNK):
+            count = min(FRONT_CHUNK, width - start)
+            for d in range(draws):
+                for alpha in range(count):
+                    z[d, alpha] = rng.standard_normal()
+            for c in range(m):
+                j = col_matrix[c]
+                a = col_arg[c]
+                o = offset[j]
+                out = X[c]
+                diag = factors[s, j, a, 0]
+                zr = z[o]
+                for alpha in range(count):
+                    out[alpha] = diag * zr[alpha]
+                for b in range(1, a + 1):
+                    f = factors[s, j, a, b]
+                    zr = z[o + b]
+                    for alpha in range(count):
+                        out[alpha] += f * zr[alpha]
+                phi = col_phi[c]
+                if phi == PHI_RELU:
+                    for alpha in range(count):
+                        out[alpha] = max(out[alpha], 0.0)
+                elif phi == PHI_CLIP:
+                    bound = col_bound[c]
+                    for alpha in range(count):
+                        out[alpha] = min(max(out[alpha], -bound), bound)
+            if start == 0:
+                for c in range(m):
+                    row0[s, c] = X[c, 0]
+            for a in range(m):
+                xa = X[a]
+                for b in range(a, m):
+                    xb = X[b]
+                    t = 0.0
+                    for alpha in range(count):
+                        t += xa[alpha] * xb[alpha]
+                    acc[a, b] += t
+        for a in range(m):
+            for b in range(a, m):
+                gram[s, a, b] = acc[a, b]
+                gram[s, b, a] = acc[a, b]
+
+
+@numba.njit(inline="always", **_JIT)
+def _chi_constants(dof, M):
+    """Marsaglia–Tsang's constants (b, c) for χ²_{dof−i}, i < M, computed once per kernel call."""
+    bs = np.empty(M)
+    cs = np.empty(M)
+    for i in range(M):
+        bs[i] = (dof - i) / 2.0 - 1.0 / 3.0
+        cs[i] = 1.0 / np.sqrt(9.0 * bs[i]) if bs[i] > 0.0 else 0.0
+    return bs, cs
+
+
+@numba.njit(inline="always", **_JIT)
+def chisquare(rng, df, b, c):
+    """χ²_df from rng: numpy's algorithm and numbers (2·Gamma(df/2), Marsaglia–Tsang's squeeze for df > 2, with
+    b = df/2 − 1/3 and c = 1/sqrt(9b) from _chi_constants), without the per-call overhead of numba's
+    Generator.chisquare (under half the time at large df)."""
+    if df <= 2.0:
+        return rng.chisquare(df)
+    while True:
+        while True:
+            X = rng.standard_normal()
+            V = 1.0 + c * X
+            if V > 0.0:
+                break
+        V = V * V * V
+        U = rng.random()
+        if U < 1.0 - 0.0331 * (X * X) * (X * X):
+            return 2.0 * b * V
+        if np.log(U) < 0.5 * X * X + b * (1.0 - V + np.log(V)):
+            return 2.0 * b * V
+
+
+@numba.njit(**_JIT)
+def bartlett_wishart(rng_normal, rng_chi, dof, M, S, rows):
+    """(S, M, M) draws of Wishart(dof, I_M) = T Tᵀ (dof ≥ M): per network, the below-diagonal T_ij ~ N(0, 1) row
+    by row from rng_normal, then T_ii = sqrt(χ²_{dof−i}) from rng_chi (the order numpy's vectorised draws use).
+    rows (S, M), or (S, 0) for none: rows[s] rows[s]ᵀ is added (row 0 of the basis, drawn apart)."""
+    out = np.empty((S, M, M))
+    T = np.zeros((M, M))
+    extra = rows.shape[1] > 0
+    bs, cs = _chi_constants(dof, M)
+    for s in range(S):
+        for i in range(M):
+            for j in range(i):
+                T[i, j] = rng_normal.standard_normal()
+        for i in range(M):
+            T[i, i] = np.sqrt(chisquare(rng_chi, dof - i, bs[i], cs[i]))
+        for i in range(M):
+            for j in range(i + 1):
+                acc = 0.0
+                for k in range(j + 1):
+                    acc += T[i, k] * T[j, k]
+                if extra:
+                    acc += rows[s, i] * rows[s, j]
+                out[s, i, j] = acc
+                out[s, j, i] = acc
+    return out
+
+
+@numba.njit(**_JIT)
+def bilinear_forms_at(left, gram, iu, iv, right):
+    """out[s] = left[s]ᵀ gram[s][iu, iv] right[s] for (S, a), (S, r, r), (a,), (b,), (S, b): a dot c_uᵀ G c_v
+    read from one component's Gram without copying the block."""
     S, a = left.shape
     b = right.shape[1]
-    out = np.zeros(S)
+    out = np.empty(S)
     for s in range(S):
         acc = 0.0
         for i in range(a):
             row = 0.0
             for j in range(b):
-                row += gram[s, i, j] * right[s, j]
+                row += gram[s, iu[i], iv[j]] * right[s, j]
             acc += left[s, i] * row
         out[s] = acc
     return out
 
 
 @numba.njit(**_JIT)
-def congruences(coeffs, gram):
-    """out[s] = coeffs[s]ᵀ gram[s] coeffs[s] for (S, m, k), (S, m, m): the Gram CᵀGC of vectors V = B C."""
+def congruences_at(coeffs, gram, idx, scale):
+    """out[s] = scale · coeffs[s]ᵀ gram[s][idx, idx] coeffs[s] for (S, m, k), (S, r, r), (m,): σ² CᵀGC/n."""
     S, m, k = coeffs.shape
-    out = np.zeros((S, k, k))
+    out = np.empty((S, k, k))
     tmp = np.empty((m, k))
     for s in range(S):
         for a in range(m):
             for j in range(k):
                 acc = 0.0
                 for b in range(m):
-                    acc += gram[s, a, b] * coeffs[s, b, j]
+                    acc += gram[s, idx[a], idx[b]] * coeffs[s, b, j]
                 tmp[a, j] = acc
         for i in range(k):
             for j in range(i, k):
                 acc = 0.0
                 for a in range(m):
                     acc += coeffs[s, a, i] * tmp[a, j]
-                out[s, i, j] = acc
-                out[s, j, i] = acc
+                out[s, i, j] = scale * acc
+                out[s, j, i] = scale * acc
+    return out
+
+
+@numba.njit(**_JIT)
+def semidefinite_cholesky_rows(cov):
+    """Per-network factors of a sample-first stack of PSD matrices, (S, d, d) → (S, d, d)."""
+    S, d, _ = cov.shape
+    out = np.zeros((S, d, d))
+    for s in range(S):
+        scale = 0.0
+        for i in range(d):
+            if cov[s, i, i] > scale:
+                scale = cov[s, i, i]
+        floor = PIVOT_RTOL * scale
+        for j in range(d):
+            pivot = cov[s, j, j]
+            for k in range(j):
+                pivot -= out[s, j, k] * out[s, j, k]
+            if pivot <= floor:
+                continue  # column j stays zero (as _cholesky_into)
+            root = np.sqrt(pivot)
+            out[s, j, j] = root
+            for i in range(j + 1, d):
+                acc = cov[s, i, j]
+                for k in range(j):
+                    acc -= out[s, i, k] * out[s, j, k]
+                out[s, i, j] = acc / root
+    return out
+
+
+@numba.njit(**_JIT)
+def bartlett_factor(rng_normal, rng_chi, dof, M, S):
+    """(S, M, M) lower-triangular T with T Tᵀ ~ Wishart(dof, I_M) (dof ≥ M), drawn as bartlett_wishart does."""
+    T = np.zeros((S, M, M))
+    bs, cs = _chi_constants(dof, M)
+    for s in range(S):
+        for i in range(M):
+            for j in range(i):
+                T[s, i, j] = rng_normal.standard_normal()
+        for i in range(M):
+            T[s, i, i] = np.sqrt(chisquare(rng_chi, dof - i, bs[i], cs[i]))
+    return T
+
+
+@numba.njit(**_JIT)
+def unclipped_layer_grams(E, z0, T, col_phi, col_bound, row0, gram):
+    """Columns u_c = Z e_c of Z = [z0ᵀ; Z′] with Z′ᵀZ′ = T Tᵀ, from their Gram alone: row0 = E z0 and
+    gram = E (z0 z0ᵀ + T Tᵀ) Eᵀ per network, (S, m, D), (S, D), (S, D, D). Returns, per network, whether no
+    coordinate of a clipped column can exceed its bound (|u_α| ≤ ‖u‖₂ ≤ c), i.e. whether clip changes nothing
+    and these are the columns' row 0 and Gram exactly."""
+    S, m, D = E.shape
+    ok = np.empty(S, dtype=np.bool_)
+    F = np.empty((m, D))
+    for s in range(S):
+        for c in range(m):
+            acc = 0.0
+            for d in range(D):
+                acc += E[s, c, d] * z0[s, d]
+            row0[s, c] = acc
+            for d in range(D):
+                acc = 0.0
+                for e in range(d, D):
+                    acc += E[s, c, e] * T[s, e, d]
+                F[c, d] = acc
+        good = True
+        for a in range(m):
+            for b in range(a, m):
+                acc = row0[s, a] * row0[s, b]
+                for d in range(D):
+                    acc += F[a, d] * F[b, d]
+                gram[s, a, b] = acc
+                gram[s, b, a] = acc
+            if col_phi[a] == PHI_CLIP and not gram[s, a, a] <= col_bound[a] * col_bound[a]:
+                good = False
+        ok[s] = good
+    return ok
+
+
+@numba.njit(**_JIT)
+def bipartite_gram(rng_xi, rng_normal, rng_chi, dof, A, B, rows, limit):
+    """A component's Gram where only the block G_AB is read (A, B: positions in it), (S, r, r) with G_AB and
+    G_BA filled, zeros elsewhere: G_AB = rows_A rows_Bᵀ + T Ξ, Ξ (|A| × |B|) iid N(0, 1) row by row from rng_xi,
+    then T (Bartlett, dof ≥ |A|) from rng_normal and rng_chi. limit: G_AB/sqrt(n) → Ξ, from the same Ξ."""
+    S, r = rows.shape
+    a, b = A.shape[0], B.shape[0]
+    out = np.zeros((S, r, r))
+    xi = np.empty((a, b))
+    T = np.zeros((a, a))
+    bs, cs = _chi_constants(dof, a)
+    for s in range(S):
+        for i in range(a):
+            for j in range(b):
+                xi[i, j] = rng_xi.standard_normal()
+        if limit:
+            for i in range(a):
+                for j in range(b):
+                    out[s, A[i], B[j]] = xi[i, j]
+                    out[s, B[j], A[i]] = xi[i, j]
+            continue
+        for i in range(a):
+            for j in range(i):
+                T[i, j] = rng_normal.standard_normal()
+        for i in range(a):
+            T[i, i] = np.sqrt(chisquare(rng_chi, dof - i, bs[i], cs[i]))
+        for i in range(a):
+            for j in range(b):
+                acc = rows[s, A[i]] * rows[s, B[j]]
+                for k in range(i + 1):
+                    acc += T[i, k] * xi[k, j]
+                out[s, A[i], B[j]] = acc
+                out[s, B[j], A[i]] = acc
+    return out
+
+
+@numba.njit(**_JIT)
+def sandwiches_at(left, gram, iu, iv, right):
+    """out[:, :, s] = left[s] gram[s][iu, iv] right[s]ᵀ for (S, a, |iu|), (S, r, r), (S, b, |iv|): all the dots
+    (W_u x_i)·(W_v y_j) = L_u[i]ᵀ G L_v[j] of two matrices at once, (a, b, S) (each dot contiguous)."""
+    S, a, m = left.shape
+    b, k = right.shape[1], right.shape[2]
+    out = np.empty((a, b, S))
+    tmp = np.empty((m, b))
+    for s in range(S):
+        for p in range(m):
+            for j in range(b):
+                acc = 0.0
+                for q in range(k):
+                    acc += gram[s, iu[p], iv[q]] * right[s, j, q]
+                tmp[p, j] = acc
+        for i in range(a):
+            for j in range(b):
+                acc = 0.0
+                for p in range(m):
+                    acc += left[s, i, p] * tmp[p, j]
+                out[i, j, s] = acc
+    return out
+
+
+@numba.njit(**_JIT)
+def add_scaled_at(c, term, weight, at):
+    """c[s, at[p]] += weight[s] · term[s, p] (weight of length 1: one weight for all networks): one term of a
+    linear combination's coefficients, (S, m), (S, k), (S,) or (1,), (k,)."""
+    S, k = term.shape
+    shared = weight.shape[0] == 1
+    for s in range(S):
+        w = weight[0] if shared else weight[s]
+        for p in range(k):
+            c[s, at[p]] += w * term[s, p]
+
+
+@numba.njit(**_JIT)
+def softmax_columns(scores):
+    """softmax over the first axis of (k, S) scores, the maximum subtracted first (no exp overflows)."""
+    k, S = scores.shape
+    out = np.empty((k, S))
+    for s in range(S):
+        top = scores[0, s]
+        for i in range(1, k):
+            if scores[i, s] > top:
+                top = scores[i, s]
+        total = 0.0
+        for i in range(k):
+            e = np.exp(scores[i, s] - top)
+            out[i, s] = e
+            total += e
+        for i in range(k):
+            out[i, s] /= total
     return out

@@ -22,21 +22,33 @@ width to N has rows iid N(0, σ² CᵀGC/n); a MatMul from N to the width opens 
 A nonlinear *front* (tokens x_i = clip(W^i h), relu(W^i h): everything upstream of a width-n non-identity
 nonlinearity or moment) is computed explicitly at O(n) per network — a MatMul of explicit vectors V is drawn as Z Lᵀ with
 L Lᵀ = σ² VᵀV/n, never as an n×n matrix — and the explicit vectors the linear part uses become basis columns
-whose Gram and row 0 are known exactly.
+whose Gram and row 0 are known exactly. A front of one layer, φ(W x) of inputs x with φ identity, relu or clip
+(`FrontLayer`), needs only the inputs' Gram and is streamed row by row through a compiled kernel, keeping only the
+columns' Gram and row 0; with clip bounds its columns rarely reach, it is drawn from its Gram alone (no clip can
+act when ‖u‖₂ ≤ c), with explicit rows drawn given that Gram only where one could.
+
+Where the program reads only the cross block G_AB of a component (dots q_i·k_j of two different matrices),
+only that block is drawn (`ExactPlan._bipartite`), and all the dots of one pair of matrices are one product
+L_u G L_vᵀ (`ExactPlan.dot_pair`).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ._compiled import bilinear_forms, congruences, semidefinite_cholesky
+from ._compiled import (PHI_CLIP, PHI_IDENTITY, PHI_RELU, add_scaled_at, bartlett_factor, bartlett_wishart,
+                        bilinear_forms_at, bipartite_gram, congruences_at, front_layer_grams, sandwiches_at,
+                        semidefinite_cholesky_rows, softmax_columns, standard_normals, unclipped_layer_grams)
 from ._random import stream
 from .errors import ProgramError
 from .kernels import gaussian_factor
-from .program import (WIDTH, Dot, Input, LinComb, MatMul, Matrix, Moment, Node, Nonlin, Program, Scalar, Vector,
-                      scalar_function_value)
+from .nonlinearities import _relu, clip as _clip, identity
+from .program import (WIDTH, Dot, Input, LinComb, MatMul, Matrix, Moment, Node, Nonlin, Program, Scalar, SoftmaxEntry,
+                      Vector, scalar_function_value)
 
 EXACT_BLOCK = 1 << 12  # networks per random stream (fewer when a front holds n-vectors)
 FRONT_FLOATS = 1 << 22  # bound on the explicit front's floats per block
+LAYER_DRAWS = 1 << 23  # bound on the normals a streamed one-layer front draws per block
+_CLIP_CODE = _clip(1.0).fn.__code__
 
 
 def _linear_source(node: Node) -> Node:
@@ -56,6 +68,7 @@ class ExactPlan:
 
     def __init__(self, program: Program, targets):
         self.program = program
+        self._cache: dict = {}  # static index arrays, computed once per plan (any thread may fill it)
         self.needed = program.ancestors(targets)
         self.front = self._front()
         self.columns: dict = {}  # key → slice of basis columns: input group id, matrix index, ("front", node index)
@@ -121,11 +134,111 @@ class ExactPlan:
                 read |= set().union(*(self.support(a) for a in args if a.dim == WIDTH))
         # columns no Gram reads: their row-0 entries are independent of everything else drawn
         self.free_columns = np.array(sorted(set(range(size)) - read), dtype=int)
+        self.read_components = [not set(self.free_columns.tolist()).issuperset(cols.tolist())
+                                for cols in self.components]
+        self.bipartite = self._bipartite(front_cols)
         for cols in self.components:
             if 0 < len(front_cols.intersection(cols.tolist())) < len(cols):
                 culprit = next(n for n in self.needed if n.index not in self.front and not isinstance(n, Matrix)
                                and isinstance(n, (Dot, MatMul)) and self._reads(n, front_cols, cols))
                 _refuse(culprit, "it mixes a vector computed through a nonlinearity with Gaussian vectors")
+        self.layer = self._front_layer()
+
+    def _front_layer(self):
+        """A front that is one layer, φ(W x) for inputs x, with φ identity, relu or clip: streamed (`FrontLayer`)
+        instead of materialised. None for any other front, which is computed node by node."""
+        front = [n for n in self.needed if n.index in self.front]
+        if not front or not self.front_columns:
+            return None
+        children: dict[int, list[Node]] = {}
+        for node in self.needed:
+            for parent in node.parents():
+                children.setdefault(parent.index, []).append(node)
+        inputs, matmuls = [], {}
+        for node in front:
+            kids = children.get(node.index, [])
+            if isinstance(node, Input):
+                if ("front", node.index) in self.columns or not all(isinstance(k, MatMul) for k in kids):
+                    return None
+                inputs.append(node)
+            elif isinstance(node, MatMul):
+                if node.matrix.shape != (WIDTH, WIDTH) or not isinstance(node.arg, Input) or \
+                        any(k.index in self.front and not isinstance(k, Nonlin) for k in kids):
+                    return None
+                matmuls[node.index] = node
+            elif isinstance(node, Nonlin):
+                if len(node.args) != 1 or node.args[0].index not in matmuls or _phi_code(node.phi) is None or \
+                        any(k.index in self.front for k in kids):
+                    return None
+            else:
+                return None
+        return FrontLayer(self, inputs, matmuls)
+
+    def _bipartite(self, front_cols: set) -> list:
+        """Per component, (A, B) (positions in it) when everything that reads its Gram reads only the block
+        G_AB (dots u·v with u on A, v on B, e.g. q_i·k_j), else None. Then G_AB = b₀_A b₀_Bᵀ + T Ξ with T Bartlett's
+        factor of the A columns' Gram and Ξ iid N(0, 1): Z_Aᵀ Z_B = R_Aᵀ (Q_Aᵀ Z_B), and given Z_A = Q_A R_A the
+        a × b matrix Q_Aᵀ Z_B is iid N(0, 1). Fewer draws than the whole Wishart, and nothing else is needed."""
+        full = set()
+        edges: dict[int, list] = {}  # column → [(column, parity)]
+        for node in self.needed:
+            if isinstance(node, Dot) and node.index not in self.front and node.args[0].dim == WIDTH:
+                su, sv = sorted(self.support(node.args[0])), sorted(self.support(node.args[1]))
+                if not su or not sv:
+                    continue
+                if set(su) & set(sv):
+                    full.add(self.component_of[su[0]][0])
+                    continue
+                for side in (su, sv):
+                    for c in side[1:]:
+                        edges.setdefault(side[0], []).append((c, 0))
+                        edges.setdefault(c, []).append((side[0], 0))
+                edges.setdefault(su[0], []).append((sv[0], 1))
+                edges.setdefault(sv[0], []).append((su[0], 1))
+        for w, args in self.args.items():
+            if self.uses[w][0].index not in self.front:
+                cols = set().union(*(self.support(a) for a in args if a.dim == WIDTH))
+                if cols:
+                    full.add(self.component_of[min(cols)][0])
+        out = []
+        for i, cols in enumerate(self.components):
+            if i in full or not self.read_components[i] or front_cols.intersection(cols.tolist()):
+                out.append(None)
+                continue
+            colour = {int(cols[0]): 0}
+            stack, consistent = [int(cols[0])], True
+            while stack and consistent:
+                c = stack.pop()
+                for d, parity in edges.get(c, []):
+                    if d not in colour:
+                        colour[d] = colour[c] ^ parity
+                        stack.append(d)
+                    elif colour[d] != colour[c] ^ parity:
+                        consistent = False
+                        break
+            if not consistent or len(colour) != len(cols):
+                out.append(None)
+                continue
+            A = np.array([j for j, c in enumerate(cols) if colour[int(c)] == 0], dtype=np.int64)
+            B = np.array([j for j, c in enumerate(cols) if colour[int(c)] == 1], dtype=np.int64)
+            if len(A) > len(B):  # the cheaper side gets Bartlett's factor
+                A, B = B, A
+            out.append((A, B))
+        return out
+
+    def dot_pair(self, node: Dot):
+        """(W_u, W_v, i, j) when the dot is (W_u a_i)·(W_v b_j) for width-n matrices with basis columns: all such
+        dots of one pair of matrices are the entries of L_u G L_vᵀ, computed at once. None otherwise."""
+        key = ("pair", node.index)
+        if key not in self._cache:
+            u, v = (_linear_source(a) for a in node.args)
+            pair = None
+            if isinstance(u, MatMul) and isinstance(v, MatMul) and u.matrix.index in self.columns and \
+                    v.matrix.index in self.columns and u.matrix.shape[1] == WIDTH and v.matrix.shape[1] == WIDTH:
+                pair = (u.matrix, v.matrix, [a.index for a in self.args[u.matrix.index]].index(u.arg.index),
+                        [a.index for a in self.args[v.matrix.index]].index(v.arg.index), u, v)
+            self._cache[key] = pair
+        return self._cache[key]
 
     def _reads(self, node, front_cols: set, component) -> bool:
         """Whether a dot or MatMul reads Gram entries of `component` that pair front and fresh columns."""
@@ -151,6 +264,10 @@ class ExactPlan:
         vectors = sum(1 for n in self.needed if n.index in self.front and isinstance(n, Vector))
         if not vectors:
             return EXACT_BLOCK
+        if self.layer is not None:
+            if not self.layer.streams(width):
+                return EXACT_BLOCK
+            return int(max(1, min(EXACT_BLOCK, LAYER_DRAWS // (width * self.layer.draws))))
         return int(max(1, min(EXACT_BLOCK, FRONT_FLOATS // (width * vectors))))
 
     def support(self, v: Vector) -> set[int]:
@@ -165,6 +282,39 @@ class ExactPlan:
         else:
             return set().union(*(self.support(a) for a in v.args))
         return set(range(cols.start, cols.stop))
+
+    def cols(self, *vectors) -> np.ndarray:
+        """The sorted basis columns the vectors can use (their static supports), where coefficients are kept."""
+        key = ("cols",) + tuple(v.index for v in vectors)
+        hit = self._cache.get(key)
+        if hit is None:
+            hit = np.array(sorted(set().union(*(self.support(v) for v in vectors))), dtype=np.int64)
+            self._cache[key] = hit
+        return hit
+
+    def within(self, outer, inner: Vector) -> np.ndarray:
+        """Positions of cols(inner) among cols(*outer) (outer: a vector or a list of them)."""
+        outer = tuple(outer) if isinstance(outer, (list, tuple)) else (outer,)
+        key = ("within", tuple(v.index for v in outer), inner.index)
+        hit = self._cache.get(key)
+        if hit is None:
+            hit = np.searchsorted(self.cols(*outer), self.cols(inner))
+            self._cache[key] = hit
+        return hit
+
+    def local(self, u, v):
+        """(component, positions of cols(u) in it, positions of cols(v) in it); u, v a vector or a list of
+        them, whose columns lie in one Gram component by construction of the plan."""
+        u = tuple(u) if isinstance(u, (list, tuple)) else (u,)
+        v = tuple(v) if isinstance(v, (list, tuple)) else (v,)
+        key = ("local", tuple(a.index for a in u), tuple(a.index for a in v))
+        hit = self._cache.get(key)
+        if hit is None:
+            where = [self.component_of[int(c)] for c in np.concatenate([self.cols(*u), self.cols(*v)])]
+            local = np.array([j for _, j in where], dtype=np.int64)
+            hit = (where[0][0], local[:len(self.cols(*u))].copy(), local[len(self.cols(*u)):].copy())
+            self._cache[key] = hit
+        return hit
 
     def _gram_components(self) -> list[np.ndarray]:
         """Groups of basis columns whose mutual Gram entries some dot or matrix application reads. Disjoint groups
@@ -195,21 +345,131 @@ class ExactPlan:
         return [np.array(g) for g in groups.values()]
 
 
-def _wishart(rng_normal, rng_chi, dof: int, M: int, S: int) -> np.ndarray:
-    """(S, M, M) draws of Wishart(dof, I_M): Bartlett's T Tᵀ when dof ≥ M, else ZᵀZ for explicit Z (dof × M)."""
+def _phi_code(phi):
+    """(code, bound) of a nonlinearity a streamed front layer applies itself: identity, relu, clip(c); else None."""
+    if phi is identity or phi.fn is identity.fn:
+        return PHI_IDENTITY, 0.0
+    if phi.fn is _relu:
+        return PHI_RELU, 0.0
+    if getattr(phi.fn, "__code__", None) is _CLIP_CODE:
+        return PHI_CLIP, float(phi.fn.__closure__[0].cell_contents)
+    return None
+
+
+class FrontLayer:
+    """A front of one layer: columns x = φ(W a), W (n×n) applied to front inputs a, φ identity, relu or clip.
+
+    Only the inputs' Gram matters: stacked, the front inputs are X = B L₀ᵀ, so XᵀX = L₀ (BᵀB) L₀ᵀ with
+    BᵀB ~ Wishart(n, I) (Bartlett). Given it, the rows of each W applied to its arguments A X are iid
+    N(0, σ² A XᵀX Aᵀ/n) = L z, independently across matrices (DESIGN §5); each network streams its n rows
+    through φ, keeping only the columns' Gram and row 0 (O(n) time, no n-vector in memory)."""
+
+    def __init__(self, plan: ExactPlan, inputs: list[Input], matmuls: dict[int, MatMul]):
+        offsets: dict[int, int] = {}
+        rank = 0
+        for x in inputs:
+            if id(x.group) not in offsets:
+                offsets[id(x.group)] = rank
+                rank += plan.factors[id(x.group)].shape[1]
+        self.rank = rank
+        self.matrices = list(dict.fromkeys(m.matrix.index for m in matmuls.values()))
+        self.var, self.lifts = [], []  # per matrix: σ², and A (k × rank) with its arguments = B Aᵀ
+        for w in self.matrices:
+            args = plan.args[w]
+            lift = np.zeros((len(args), rank))
+            for i, x in enumerate(args):
+                factor = plan.factors[id(x.group)]
+                lift[i, offsets[id(x.group)]:offsets[id(x.group)] + factor.shape[1]] = factor[x.position]
+            self.lifts.append(lift)
+            self.var.append(plan.uses[w][0].matrix.var)
+        self.ranks = np.array([len(plan.args[w]) for w in self.matrices], dtype=np.int64)
+        self.draws = int(self.ranks.sum())  # normals per coordinate
+        nodes = {n.index: n for n in plan.needed}
+        matrix_of, arg_of, phi_of, bound_of = [], [], [], []
+        for _, idx in plan.front_columns:
+            node = nodes[idx]
+            code, bound = (PHI_IDENTITY, 0.0) if isinstance(node, MatMul) else _phi_code(node.phi)
+            use = node if isinstance(node, MatMul) else matmuls[node.args[0].index]
+            matrix_of.append(self.matrices.index(use.matrix.index))
+            arg_of.append([a.index for a in plan.args[use.matrix.index]].index(use.arg.index))
+            phi_of.append(code)
+            bound_of.append(bound)
+        self.col_matrix = np.array(matrix_of, dtype=np.int64)
+        self.col_arg = np.array(arg_of, dtype=np.int64)
+        self.col_phi = np.array(phi_of, dtype=np.int64)
+        self.col_bound = np.array(bound_of, dtype=float)
+        # the limit variance of each column's pre-activation: σ² times its argument's input variance
+        self.col_var = np.array([self.var[j] * float(self.lifts[j][a] @ self.lifts[j][a])
+                                 for j, a in zip(matrix_of, arg_of)])
+        self.offsets = np.concatenate([[0], np.cumsum(self.ranks)[:-1]]).astype(np.int64)
+
+    def streams(self, width: int) -> bool:
+        """Whether a network's n rows are streamed, or (no relu, and clip bounds the columns rarely reach:
+        ‖u‖₂² = n E[u²] (1 ± O(2/sqrt(n))) stays 4 standard deviations below c²) drawn from their Gram, with
+        explicit rows only for the networks where a clip could act. A function of the width only."""
+        clipped = self.col_phi == PHI_CLIP
+        return bool(np.any(self.col_phi == PHI_RELU) or not np.any(clipped) or width - 1 < self.draws
+                    or np.any(width * self.col_var[clipped] * (1 + 8 / np.sqrt(width)) > self.col_bound[clipped] ** 2))
+
+    def sample(self, root, block: int, width: int, S: int):
+        """Row 0 (S, m) and Gram (S, m, m) of the front columns, in the order of plan.front_columns."""
+        gram_in = _wishart(stream(root, block, 6, 0), stream(root, block, 6, 1), width, self.rank, S)
+        kmax = int(self.ranks.max())
+        factors = np.zeros((S, len(self.matrices), kmax, kmax))
+        for j, (lift, var) in enumerate(zip(self.lifts, self.var)):
+            k = lift.shape[0]
+            factors[:, j, :k, :k] = _row_factor(var / width * (lift @ gram_in @ lift.T))
+        m = len(self.col_matrix)
+        row0, gram = np.empty((S, m)), np.empty((S, m, m))
+        if self.streams(width):
+            front_layer_grams(stream(root, block, 6, 2), width, factors, self.ranks, self.col_matrix, self.col_arg,
+                              self.col_phi, self.col_bound, row0, gram)
+        else:
+            self._from_gram(root, block, width, factors, row0, gram)
+        return row0, gram
+
+    def _from_gram(self, root, block: int, width: int, factors: np.ndarray, row0: np.ndarray, gram: np.ndarray):
+        """Stack the normals of all matrices, Z (n × D), so column c is u_c = Z e_c (e_c: L_j's row for its
+        argument, placed at matrix j's offset). Row 0 z₀ ~ N(0, I) and the other rows' Gram T Tᵀ ~ Wishart(n − 1)
+        (Bartlett) give u's row 0 and Gram. Where every clipped column has ‖u‖₂ ≤ c, no coordinate is clipped and
+        these are exact. Elsewhere the rows are drawn given the Gram: Z′ = Q Tᵀ with Q Haar on the Stiefel
+        manifold, independent of T (the QR decomposition of a Gaussian matrix), then clipped explicitly."""
+        S, m, D = gram.shape[0], gram.shape[1], self.draws
+        E = np.zeros((S, m, D))
+        for c, (j, a) in enumerate(zip(self.col_matrix, self.col_arg)):
+            k = self.ranks[j]
+            E[:, c, self.offsets[j]:self.offsets[j] + k] = factors[:, j, a, :k]
+        z0 = standard_normals(stream(root, block, 6, 3), np.empty((S, D)))
+        T = bartlett_factor(stream(root, block, 6, 4), stream(root, block, 6, 5), width - 1, D, S)
+        ok = unclipped_layer_grams(E, z0, T, self.col_phi, self.col_bound, row0, gram)
+        if ok.all():
+            return
+        rng = stream(root, block, 6, 6)
+        clipped = self.col_phi == PHI_CLIP
+        for s in np.flatnonzero(~ok):
+            Q, R = np.linalg.qr(standard_normals(rng, np.empty((width - 1, D))))
+            Z = np.concatenate([z0[s][None, :], (Q * np.sign(np.diag(R))) @ T[s].T])
+            X = Z @ E[s].T
+            X[:, clipped] = np.clip(X[:, clipped], -self.col_bound[clipped], self.col_bound[clipped])
+            row0[s] = X[0]
+            gram[s] = X.T @ X
+
+
+def _wishart(rng_normal, rng_chi, dof: int, M: int, S: int, rows=None) -> np.ndarray:
+    """(S, M, M) draws of Wishart(dof, I_M): Bartlett's T Tᵀ when dof ≥ M, else ZᵀZ for explicit Z (dof × M);
+    plus rows[s] rows[s]ᵀ when rows (S, M) are given (a Gram with its row 0 drawn apart)."""
     if dof < M:
-        Z = rng_normal.standard_normal((S, dof, M))
-        return np.einsum("sdi,sdj->sij", Z, Z)
-    T = np.zeros((S, M, M))
-    rows, cols = np.tril_indices(M, -1)
-    T[:, rows, cols] = rng_normal.standard_normal((S, len(rows)))
-    T[:, np.arange(M), np.arange(M)] = np.sqrt(rng_chi.chisquare(dof - np.arange(M), size=(S, M)))
-    return T @ T.transpose(0, 2, 1)
+        Z = standard_normals(rng_normal, np.empty((S, dof, M)))
+        out = np.einsum("sdi,sdj->sij", Z, Z)
+        if rows is not None:
+            out += rows[:, :, None] * rows[:, None, :]
+        return out
+    return bartlett_wishart(rng_normal, rng_chi, dof, M, S, np.zeros((S, 0)) if rows is None else rows)
 
 
 def _row_factor(row_cov: np.ndarray) -> np.ndarray:
     """Per-network L with L Lᵀ = row_cov, (S, k, k) → (S, k, k)."""
-    return semidefinite_cholesky(np.ascontiguousarray(row_cov.transpose(1, 2, 0))).transpose(2, 0, 1)
+    return semidefinite_cholesky_rows(np.ascontiguousarray(row_cov))
 
 
 def _explicit_row_factor(matrix: Matrix, V: np.ndarray) -> np.ndarray:
@@ -220,7 +480,7 @@ def _explicit_row_factor(matrix: Matrix, V: np.ndarray) -> np.ndarray:
 def _draw_uses(plan: ExactPlan, matrix: Matrix, L: np.ndarray, rng, rows: int, values: dict) -> None:
     """W V = Z Lᵀ with Z (S, rows, k) standard normal: the explicit rows of every MatMul by W, into `values`."""
     args = plan.args[matrix.index]
-    drawn = rng.standard_normal((L.shape[0], rows, len(args))) @ L.transpose(0, 2, 1)
+    drawn = standard_normals(rng, np.empty((L.shape[0], rows, len(args)))) @ L.transpose(0, 2, 1)
     position = {a.index: j for j, a in enumerate(args)}
     for use in plan.uses[matrix.index]:
         values[use.index] = drawn[:, :, position[use.arg.index]]
@@ -236,7 +496,7 @@ def _front_values(plan: ExactPlan, width: int, root, block: int, S: int) -> dict
         if isinstance(node, Input):
             factor = plan.factors[id(node.group)]
             members = [n for n in plan.needed if isinstance(n, Input) and n.group is node.group]
-            z = stream(root, block, 3, members[0].index).standard_normal((S, width, factor.shape[1]))
+            z = standard_normals(stream(root, block, 3, members[0].index), np.empty((S, width, factor.shape[1])))
             drawn = z @ factor.T
             for m in members:
                 values[m.index] = drawn[:, :, m.position]
@@ -280,76 +540,94 @@ def simulate_exact_block(plan: ExactPlan, width: int, targets, root, block: int,
     M, S = plan.size, count
     if limit and plan.front:
         raise ProgramError("coupled limit draws do not cover a nonlinear front yet; use inputs with a Gaussian law")
-    front = _front_values(plan, width, root, block, S) if plan.front else {}
-    b0 = stream(root, block, 0).standard_normal((S, M))  # row 0 of the basis
-    for col, idx in plan.front_columns:
-        b0[:, col] = front[idx][:, 0]
-    front_cols = {c for c, _ in plan.front_columns}
+    front, front_gram = {}, None
+    if plan.layer is not None:  # streamed: only the front columns' row 0 and Gram
+        front_row0, front_gram = plan.layer.sample(root, block, width, S)
+    elif plan.front:
+        front = _front_values(plan, width, root, block, S)
+        if plan.front_columns:
+            F = np.stack([front[idx] for _, idx in plan.front_columns], axis=2)
+            front_row0, front_gram = F[:, 0, :], np.einsum("sni,snj->sij", F, F)
+    b0 = standard_normals(stream(root, block, 0), np.empty((S, M)))  # row 0 of the basis
+    front_cols = {}  # basis column → its position among the front columns
+    for j, (col, _) in enumerate(plan.front_columns):
+        b0[:, col] = front_row0[:, j]
+        front_cols[col] = j
     grams = []  # G = b₀b₀ᵀ + Wishart(n − 1), kept only within each component (nothing reads across)
-    free = set(plan.free_columns.tolist())
     for i, cols in enumerate(plan.components):
-        if free.issuperset(cols.tolist()):  # nothing reads this Gram
+        if not plan.read_components[i]:  # nothing reads this Gram
             grams.append(None)
+            continue
+        halves = plan.bipartite[i]
+        if halves is not None and (limit or width - 1 >= len(halves[0])):  # only G_AB is read
+            A, B = halves
+            grams.append(bipartite_gram(stream(root, block, 1, i), stream(root, block, 7, i), stream(root, block, 2, i),
+                                        width - 1, A, B, np.ascontiguousarray(b0[:, cols]), limit))
             continue
         if limit:  # Ξ + Ξᵀ from the normals Bartlett puts below the diagonal
             r = len(cols)
             xi = np.zeros((S, r, r))
             below = np.tril_indices(r, -1)
-            xi[:, below[0], below[1]] = stream(root, block, 1, i).standard_normal((S, len(below[0])))
+            xi[:, below[0], below[1]] = standard_normals(stream(root, block, 1, i), np.empty((S, len(below[0]))))
             grams.append(xi + xi.transpose(0, 2, 1))
             continue
         if int(cols[0]) in front_cols:  # explicit front vectors: their Gram, exactly
-            F = np.stack([front[dict(plan.front_columns)[int(c)]] for c in cols], axis=2)
-            grams.append(np.einsum("sni,snj->sij", F, F))
+            at = np.array([front_cols[int(c)] for c in cols])
+            grams.append(front_gram[:, at[:, None], at[None, :]])
             continue
-        rows = b0[:, cols]
-        wishart = _wishart(stream(root, block, 1, i), stream(root, block, 2, i), width - 1, len(cols), S)
-        grams.append(wishart + rows[:, :, None] * rows[:, None, :])
+        grams.append(_wishart(stream(root, block, 1, i), stream(root, block, 2, i), width - 1, len(cols), S,
+                              np.ascontiguousarray(b0[:, cols])))
+    # c_v with v = B c_v, stored on v's static support plan.cols(v) only: (S, |support|)
     coef: dict[int, np.ndarray] = {}
     values: dict = {}
 
-    def gram(iu: np.ndarray, iv: np.ndarray) -> np.ndarray:
-        """G on basis columns iu × iv (S, |iu|, |iv|), all in one component by construction of the plan."""
-        where = [plan.component_of[int(c)] for c in np.concatenate([iu, iv])]
-        local = np.array([j for _, j in where])
-        return grams[where[0][0]][:, local[:len(iu), None], local[None, len(iu):]]
-
     def coefficients(v: Vector) -> np.ndarray:
-        """c_v (S, M) with v = B c_v."""
+        """c_v on the columns plan.cols(v), (S, |support|)."""
         v = _linear_source(v)
         if v.index in coef:
             return coef[v.index]
-        c = np.zeros((S, M))
         if ("front", v.index) in plan.columns:
-            c[:, plan.columns[("front", v.index)]] = 1.0
+            c = np.ones((S, 1))
         elif isinstance(v, Input):
-            c[:, plan.columns[id(v.group)]] = plan.factors[id(v.group)][v.position]
+            c = np.repeat(plan.factors[id(v.group)][v.position][None, :], S, axis=0)
         elif isinstance(v, MatMul):
             apply_matrix(v.matrix)
             return coef[v.index]
-        elif isinstance(v, LinComb):
-            for k, arg in zip(v.coeffs, v.args):
-                weight = scalar(k)[:, None] if isinstance(k, Scalar) else k
-                c += weight * coefficients(arg)
+        else:
+            c = np.zeros((S, len(plan.cols(v))))
+            if isinstance(v, LinComb):
+                for k, arg in zip(v.coeffs, v.args):
+                    weight = scalar(k) if isinstance(k, Scalar) else np.full(1, float(k))
+                    add_scaled_at(c, coefficients(arg), weight, plan.within(v, arg))
         coef[v.index] = c
         return c
 
-    def support(*vectors) -> np.ndarray:
-        """The basis columns the vectors can use (the plan's static supports): Grams are only read on these."""
-        return np.array(sorted(set().union(*(plan.support(v) for v in vectors))), dtype=int)
+    def full(v: Vector) -> np.ndarray:
+        """c_v on all M basis columns, (S, M)."""
+        c = np.zeros((S, M))
+        c[:, plan.cols(v)] = coefficients(v)
+        return c
 
     def bilinear(u: Vector, v: Vector) -> np.ndarray:
         """c_uᵀ G c_v per network, (S,), on the columns the two use (limit: c_uᵀ(Ξ+Ξᵀ)c_v)."""
-        iu, iv = support(u), support(v)
+        iu, iv = plan.cols(u), plan.cols(v)
         if len(iu) == 0 or len(iv) == 0:
             return np.zeros(S)
-        return bilinear_forms(np.ascontiguousarray(coefficients(u)[:, iu]), gram(iu, iv),
-                              np.ascontiguousarray(coefficients(v)[:, iv]))
+        component, lu, lv = plan.local(u, v)
+        return bilinear_forms_at(coefficients(u), grams[component], lu, lv, coefficients(v))
 
     def dot(s: Dot) -> np.ndarray:
         if not limit:
-            return bilinear(*s.args) / float(width) ** s.exponent
-        cu, cv = coefficients(s.args[0]), coefficients(s.args[1])
+            pair = plan.dot_pair(s)
+            if pair is None:
+                return bilinear(*s.args) / float(width) ** s.exponent
+            Wu, Wv, i, j, u, v = pair
+            key = ("dots", Wu.index, Wv.index)
+            if key not in values:  # every (W_u a)·(W_v b) at once: L_u G L_vᵀ, kept (a, b, S)
+                component, iu, iv = plan.local(u, v)
+                values[key] = sandwiches_at(row_factor(Wu), grams[component], iu, iv, row_factor(Wv))
+            return values[key][i, j] / float(width) ** s.exponent
+        cu, cv = full(s.args[0]), full(s.args[1])
         inner = np.einsum("sm,sm->s", cu, cv)  # the order-n part of G
         if s.exponent == 1.0:
             return inner
@@ -361,10 +639,21 @@ def simulate_exact_block(plan: ExactPlan, width: int, targets, root, block: int,
     def linear_row_factor(matrix: Matrix) -> np.ndarray:
         """L with L Lᵀ = σ² CᵀGC/n (limit: σ² CᵀC), the row covariance of W applied to its width-n arguments."""
         args = plan.args[matrix.index]
-        used = support(*args)
-        Cu = np.stack([coefficients(a)[:, used] for a in args], axis=2)  # (S, |used|, k)
-        row_cov = np.einsum("smi,smj->sij", Cu, Cu) if limit else congruences(Cu, gram(used, used)) / width
-        return _row_factor(matrix.var * row_cov)
+        used = plan.cols(*args)
+        Cu = np.zeros((S, len(used), len(args)))
+        for j, a in enumerate(args):
+            Cu[:, plan.within(args, a), j] = coefficients(a)
+        if limit:
+            return _row_factor(matrix.var * np.einsum("smi,smj->sij", Cu, Cu))
+        component, local, _ = plan.local(args, args)
+        return _row_factor(congruences_at(Cu, grams[component], local, matrix.var / width))
+
+    def row_factor(matrix: Matrix) -> np.ndarray:
+        """linear_row_factor, shared by matrices of one variance applied to the same vectors (W_Q, W_K, W_V)."""
+        key = ("row factor", matrix.var, tuple(a.index for a in plan.args[matrix.index]))
+        if key not in values:
+            values[key] = linear_row_factor(matrix)
+        return values[key]
 
     def apply_matrix(matrix: Matrix) -> None:
         """All MatMuls by one matrix at once: W V = B_W Lᵀ with L Lᵀ the row covariance of W V."""
@@ -372,12 +661,10 @@ def simulate_exact_block(plan: ExactPlan, width: int, targets, root, block: int,
         if matrix.shape[1] != WIDTH:  # from a fixed dimension: the Gram of the explicit rows, at any width
             L = _explicit_row_factor(matrix, np.stack([small(a) for a in args], axis=2))
         else:
-            L = linear_row_factor(matrix)
+            L = row_factor(matrix)
         position = {a.index: j for j, a in enumerate(args)}
         for use in plan.uses[matrix.index]:
-            c = np.zeros((S, M))
-            c[:, plan.columns[matrix.index]] = L[:, position[use.arg.index], :]
-            coef[use.index] = c
+            coef[use.index] = L[:, position[use.arg.index], :]
 
     def small(v: Vector) -> np.ndarray:
         """The N explicit rows (S, N) of a fixed-dimension vector."""
@@ -386,7 +673,7 @@ def simulate_exact_block(plan: ExactPlan, width: int, targets, root, block: int,
         if v.index in values:
             return values[v.index]
         if isinstance(v, MatMul):  # rows iid N(0, σ² CᵀGC/n) (limit: σ² CᵀC), drawn for all uses at once
-            _draw_uses(plan, v.matrix, linear_row_factor(v.matrix), stream(root, block, 5, v.matrix.index), v.dim,
+            _draw_uses(plan, v.matrix, row_factor(v.matrix), stream(root, block, 5, v.matrix.index), v.dim,
                        values)
             return values[v.index]
         if isinstance(v, Nonlin):
@@ -409,6 +696,15 @@ def simulate_exact_block(plan: ExactPlan, width: int, targets, root, block: int,
             value = np.mean(s.phi(*(small(a) for a in s.args)), axis=1)
         elif isinstance(s, Dot):
             value = dot(s)
+        elif isinstance(s, SoftmaxEntry):  # the entries of one softmax at once
+            key = ("softmax", id(s.group))
+            if key not in values:
+                scores = s.group.scores
+                stacked = np.empty((len(scores), S))
+                for i, p in enumerate(scores):
+                    stacked[i] = scalar(p)
+                values[key] = softmax_columns(stacked)
+            value = values[key][s.position]
         else:
             value = scalar_function_value(s, scalar, values)
         values[s.index] = value
@@ -421,7 +717,7 @@ def simulate_exact_block(plan: ExactPlan, width: int, targets, root, block: int,
         elif t.dim != WIDTH:
             out[:, j] = small(t)[:, 0]
         else:
-            out[:, j] = np.einsum("sm,sm->s", b0, coefficients(t))
+            out[:, j] = np.einsum("sm,sm->s", b0[:, plan.cols(t)], coefficients(t))
     if not moments:
         return out
     # given everything else, the free columns' row-0 entries are iid N(0, 1): a Gaussian with these moments
@@ -429,7 +725,7 @@ def simulate_exact_block(plan: ExactPlan, width: int, targets, root, block: int,
     weights = np.zeros((S, len(targets), len(free)))
     for j, t in enumerate(targets):
         if isinstance(t, Vector) and t.dim == WIDTH:
-            weights[:, j] = coefficients(t)[:, free]
+            weights[:, j] = full(t)[:, free]
     mean = out - np.einsum("skf,sf->sk", weights, b0[:, free])
     return out, mean, np.einsum("skf,slf->skl", weights, weights)
 

@@ -93,7 +93,7 @@ def test_killed_sweep_keeps_finished_tasks(tmp_path):
         import sys; sys.path.insert(0, {str(ROOT)!r})
         from limits import attention_layer, kl_vs_width
         kl_vs_width(attention_layer(seq_len=3, heads=2, inputs="gaussian"), widths=[16, 32, 64, 128, 256, 512],
-                    seeds=3, size=20_000, out_dir={str(tmp_path)!r}, progress=False)
+                    seeds=3, size=80_000, out_dir={str(tmp_path)!r}, progress=False)
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
@@ -109,7 +109,7 @@ def test_killed_sweep_keeps_finished_tasks(tmp_path):
     sweep.run_task = lambda task: calls.append(task.key) or original(task)
     try:
         df = kl_vs_width(attention_layer(seq_len=3, heads=2, inputs="gaussian"), widths=[16, 32, 64, 128, 256, 512],
-                         seeds=3, size=20_000, out_dir=tmp_path, progress=False)
+                         seeds=3, size=80_000, out_dir=tmp_path, progress=False)
     finally:
         sweep.run_task = original
     assert len(df) == 18 and len(calls) == 18 - len(kept) and not set(calls) & set(kept)

@@ -177,3 +177,71 @@ def test_coupled_refuses_a_front():
     paper = attention_layer(seq_len=2, heads=1, inputs="paper")
     with pytest.raises(netsor.ProgramError, match="coupled limit draws do not cover a nonlinear front"):
         netsor.simulate_coupled(paper.program, 16, paper.outputs, 10)
+
+
+def _front_draws(plan, width, seed, size):
+    """Row 0 and the Gram of a one-layer front, as FrontLayer.sample draws them: a few features of each."""
+    from netsor._random import seed_sequence
+    row0, gram = plan.layer.sample(seed_sequence(seed), 0, width, size)
+    return np.column_stack([row0[:, 0], row0[:, 1], gram[:, 0, 0], gram[:, 0, 1], gram[:, 1, 2], gram[:, 2, 2]])
+
+
+@pytest.mark.parametrize("width, clip", [(8, 1.5), (8, 3.0), (16, 5.0)])
+def test_clip_front_from_its_gram_matches_the_streamed_front(monkeypatch, width, clip):
+    """clip(W^i h) from the Gram of W^i h, with explicit rows given that Gram (Haar frame) wherever a clip could
+    act, against the rows streamed coordinate by coordinate. The widths and bounds mix both cases; drawing fresh
+    rows instead of rows given the Gram fails this by many standard errors."""
+    from netsor import exact
+    layer = attention_layer(seq_len=3, heads=1, inputs="paper", clip=clip)
+    plan = exact.ExactPlan(layer.program, list(layer.outputs))
+    monkeypatch.setattr(exact.FrontLayer, "streams", lambda self, width: True)
+    streamed = _front_draws(plan, width, 20, 50_000)
+    monkeypatch.setattr(exact.FrontLayer, "streams", lambda self, width: False)
+    from_gram = _front_draws(plan, width, 21, 50_000)
+    ks = [stats.ks_2samp(streamed[:, i], from_gram[:, i]).pvalue for i in range(streamed.shape[1])]
+    assert min(ks) > 1e-3 / len(ks), ks
+    assert two_sample_cov_check(streamed, from_gram)[0]
+
+
+def _layer_program():
+    """A one-layer front with every case the streamed front handles: a correlated input group and a second
+    group, a matrix applied to two inputs, relu, clip, and a pre-activation used linearly (identity column)."""
+    prog = netsor.Program()
+    x, y = prog.inputs(["x", "y"], cov=[[1.0, 0.6], [0.6, 1.5]])
+    z = prog.input("z", var=0.5)
+    W1, W2, W3 = prog.matrix("W1"), prog.matrix("W2", var=2.0), prog.matrix("W3")
+    u = W1 @ x
+    a = netsor.nonlin("relu", u)
+    b = netsor.nonlin(netsor.clip(1.0), W2 @ y)
+    c = netsor.nonlin("relu", W2 @ z)
+    d = netsor.nonlin(netsor.clip(0.8), W3 @ x)
+    V = prog.matrix("V")
+    out = V @ (a + u - b + 0.5 * c + d)
+    return prog, [out, netsor.dot(a, b, scale="sqrt"), netsor.dot(u, d, scale="linear"), c]
+
+
+@pytest.mark.parametrize("width", [4, 16])
+def test_streamed_front_matches_the_explicit_front_and_dense(width):
+    from netsor import exact
+    from netsor._random import seed_sequence
+    prog, variables = _layer_program()
+    streamed = exact.ExactPlan(prog, variables)
+    assert streamed.layer is not None and streamed.layer.streams(width)
+    explicit = exact.ExactPlan(prog, variables)
+    explicit.layer = None  # node by node, every n-vector materialised
+    a = exact.simulate_exact_block(streamed, width, variables, seed_sequence(30), 0, 20_000)
+    b = exact.simulate_exact_block(explicit, width, variables, seed_sequence(31), 0, 20_000)
+    ok, ks, moments = agree(a, b, 4)
+    assert ok, (ks, moments)
+    dense = netsor.simulate(prog, width, variables, 20_000, seed=32, method="dense")
+    ok, ks, moments = agree(a, dense, 4)
+    assert ok, (ks, moments)
+
+
+@pytest.mark.parametrize("clip", [1.0, 100.0])  # the front streamed, and drawn from its Gram
+def test_paper_front_is_deterministic_across_chunks_threads_and_sizes(clip):
+    layer = attention_layer(seq_len=3, heads=2, inputs="paper", clip=clip)
+    a = netsor.simulate(layer.program, 64, layer.outputs, 9000, seed=8, method="exact", threads=1)
+    b = netsor.simulate(layer.program, 64, layer.outputs, 9000, seed=8, method="exact", threads=2, chunk_size=100)
+    c = netsor.simulate(layer.program, 64, layer.outputs, 5000, seed=8, method="exact")
+    assert np.array_equal(a, b) and np.array_equal(a[:5000], c)
