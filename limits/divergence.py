@@ -1,7 +1,8 @@
 """KL(finite width n ‖ limit): estimators, and what each can resolve (DESIGN §6).
 
 Sample-based, for any two samples (N, k):
-- "kde": SKI25's published method — scipy `gaussian_kde` of each sample on a 500-point grid, `scipy.stats.entropy`.
+- "kde": SKI25's published method — scipy `gaussian_kde` of each sample on a 500-point grid spanning the limit
+  sample, `scipy.stats.entropy`.
   Kept to reproduce the figure. Its floor (two samples of the *same* law, 5e4 each) is ≈ 1e-3: values near it
   measure the estimator, not the network. 1-D only; no standard error (the spread over seeds is the honest one).
 - "fftkde": the same with KDEpy's FFT KDE (Silverman bandwidth) on a 2^14-point grid: much faster, same floor.
@@ -158,7 +159,9 @@ def _kde(x, z, grid_points: int = 500):
     if x.shape[1] != 1:
         raise ProgramError("kl: method 'kde' is 1-D (the published estimator); use 'knn' or 'mixture' for joints")
     x, z = x[:, 0], z[:, 0]
-    grid = np.linspace(min(x.min(), z.min()), max(x.max(), z.max()), int(grid_points))
+    # the grid spans the limit sample: over the pooled range, the finite sample's heavy tails at small n reach
+    # where the limit's KDE underflows to 0 and the estimate is inf
+    grid = np.linspace(z.min(), z.max(), int(grid_points))
     p, q = stats.gaussian_kde(x)(grid), stats.gaussian_kde(z)(grid)
     return float(stats.entropy(p, q)), math.nan
 
@@ -240,7 +243,6 @@ def _mixture_1d(var_n, var_l, paired: bool, bins: int = 2048, **unused):
     log_fn, log_fl = _log_mix(wn, phi, log_phi), _log_mix(wl, phi, log_phi)
     f_n, f_l = np.exp(log_fn), np.exp(log_fl)
     log_ratio = log_fn - log_fl
-    ratio = np.exp(log_ratio)
     plug_in = 2 * np.sum(dy * (f_n * log_ratio - f_n + f_l))
 
     # O(1/M) bias of the plug-in: ½∫ Var f̂_n / f_n + f_n Var f̂_∞ / f_∞² − 2 Cov(f̂_n, f̂_∞) / f_∞.
@@ -253,7 +255,8 @@ def _mixture_1d(var_n, var_l, paired: bool, bins: int = 2048, **unused):
 
     # Influence functions at the nodes, then at each component by the same linear interpolation.
     psi_nodes = 2 * phi @ (dy * log_ratio)
-    chi_nodes = 2 * phi @ (dy * (1 - ratio))
+    # χ(t) = ∫ φ_t (1 − f_n/f_∞): the product φ_t·r in logs, as r overflows where the limit's tail is thinner
+    chi_nodes = 2 * (phi @ dy - np.exp(log_phi + log_ratio) @ dy)
     psi = _interpolate(psi_nodes, ln, fn, bins)
     chi = _interpolate(chi_nodes, ll, fl, bins)
     if paired:
@@ -340,7 +343,7 @@ def _mixture_joint(mn, cn, ml, cl, paired: bool, eval_components: int = 256, den
     fn_l, vn_l = density(yl, mn, Ln, rest_n)
     fl_l, vl_l = density(yl, ml, Ll, rest_l)
     log_ratio = fn_n - fl_n + vn_n / 2 - vl_n / 2  # E log f̂ ≈ log f − v/2
-    ratio = np.exp(fn_l - fl_l) / (1 + vl_l)  # E[f̂_n / f̂_∞] ≈ r (1 + v_∞)
+    ratio = np.exp(np.minimum(fn_l - fl_l, 700.0)) / (1 + vl_l)  # E[f̂_n / f̂_∞] ≈ r (1 + v_∞)
     psi = (log_ratio.reshape(En, -1) * weights).sum(1)
     chi = ((1 - ratio).reshape(El, -1) * weights).sum(1)
     value = psi.mean() + chi.mean()

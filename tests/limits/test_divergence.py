@@ -112,7 +112,7 @@ def test_estimators_reject_width_16(attention_limit_components):
     mixture = kl((means, covs), law.conditional_moments(y, 50_000, seed=5), "mixture")
     assert mixture.value > 10 * mixture.se and not mixture.upper_bound
     finite, limit = netsor.simulate(layer.program, 16, y, 50_000, seed=6), law.sample(y, 50_000, seed=7)
-    assert kl(finite, limit, "kde").value > 1e-2  # 10× its floor
+    assert 1e-2 < kl(finite, limit, "kde").value < 1  # 10× its floor, and finite despite the heavy tails
     knn = kl(finite, limit, "knn", k=5)
     assert knn.value > 3 * knn.se
 
