@@ -256,7 +256,8 @@ def _mixture_1d(var_n, var_l, paired: bool, bins: int = 2048, **unused):
     # Influence functions at the nodes, then at each component by the same linear interpolation.
     psi_nodes = 2 * phi @ (dy * log_ratio)
     # χ(t) = ∫ φ_t (1 − f_n/f_∞): the product φ_t·r in logs, as r overflows where the limit's tail is thinner
-    chi_nodes = 2 * (phi @ dy - np.exp(log_phi + log_ratio) @ dy)
+    # (capped: it overflows only at nodes far outside the limit's components, where χ is never evaluated)
+    chi_nodes = 2 * (phi @ dy - np.exp(np.minimum(log_phi + log_ratio, 700.0)) @ dy)
     psi = _interpolate(psi_nodes, ln, fn, bins)
     chi = _interpolate(chi_nodes, ll, fl, bins)
     if paired:
