@@ -498,3 +498,241 @@ def softmax_columns(scores):
         for i in range(k):
             out[i, s] /= total
     return out
+
+
+# ---------------------------------------------------------------------------------------- fused linear programs
+# The linear part of an exact block as a list of operations on per-network registers (netsor.exact.LinearProgram),
+# run network by network in one kernel: the random streams are consumed in the same order as by the kernels above
+# (each stream network by network), so the draws are those of the step-by-step path.
+OP_NORMALS, OP_BIPARTITE, OP_WISHART, OP_WISHART_Z, OP_CONST, OP_ZERO, OP_AXPY, OP_FACTOR, OP_GEMV, OP_DOT, \
+    OP_SOFTMAX, OP_OUT_SCALAR, OP_OUT_VECTOR, OP_WEIGHTS = range(14)
+OP_FIELDS = 15
+LINEAR_TILE = 64  # networks whose registers are held at once (each operation runs over them)
+
+
+@numba.njit(**_JIT)
+def run_linear(gens, ops, ip, fp, registers, S, k, F):
+    """Run `ops` (n, OP_FIELDS) for S networks, tile by tile (LINEAR_TILE networks), with registers
+    (registers, tile) and operand pools ip (ints), fp (floats); returns out (S, k) and, when F > 0, the targets'
+    coefficients on the F free columns (S, k, F) and their products with those columns' row 0 (S, k) (zeros when
+    F = 0). Every random stream is read by one operation only, network by network, so the order of operations
+    within a tile does not change the draws."""
+    out = np.empty((S, k))
+    weights = np.zeros((S, k, F))
+    shift = np.zeros((S, k))
+    reg = np.zeros((registers, LINEAR_TILE))
+    peak, mass = np.empty(LINEAR_TILE), np.empty(LINEAR_TILE)  # softmax scratch
+    n = ops.shape[0]
+    for s0 in range(0, S, LINEAR_TILE):
+        nt = min(LINEAR_TILE, S - s0)
+        for o in range(n):
+            code = ops[o, 0]
+            if code == OP_AXPY:  # reg[dst + at[p]·stride] += w · reg[src + p]
+                dst, stride, src, m, at, wr = ops[o, 1], ops[o, 2], ops[o, 3], ops[o, 4], ops[o, 5], ops[o, 6]
+                if wr >= 0:
+                    for p in range(m):
+                        d = dst + ip[at + p] * stride
+                        for t in range(nt):
+                            reg[d, t] += reg[wr, t] * reg[src + p, t]
+                else:
+                    w = fp[ops[o, 7]]
+                    for p in range(m):
+                        d = dst + ip[at + p] * stride
+                        for t in range(nt):
+                            reg[d, t] += w * reg[src + p, t]
+            elif code == OP_DOT:  # reg[dst] = scale · u·t
+                u, v, m, scale, dst = ops[o, 1], ops[o, 2], ops[o, 3], fp[ops[o, 4]], ops[o, 5]
+                for t in range(nt):
+                    reg[dst, t] = 0.0
+                for p in range(m):
+                    for t in range(nt):
+                        reg[dst, t] += reg[u + p, t] * reg[v + p, t]
+                for t in range(nt):
+                    reg[dst, t] *= scale
+            elif code == OP_GEMV:  # reg[dst + i] = Σ_j G[lu[i], lv[j]] reg[v + j]
+                g, r, lu, nu, lv, nv, v, dst = ops[o, 1], ops[o, 2], ops[o, 3], ops[o, 4], ops[o, 5], ops[o, 6], \
+                    ops[o, 7], ops[o, 8]
+                for i in range(nu):
+                    row = g + ip[lu + i] * r
+                    for t in range(nt):
+                        reg[dst + i, t] = 0.0
+                    for j in range(nv):
+                        e = row + ip[lv + j]
+                        for t in range(nt):
+                            reg[dst + i, t] += reg[e, t] * reg[v + j, t]
+            elif code == OP_ZERO:
+                for p in range(ops[o, 2]):
+                    for t in range(nt):
+                        reg[ops[o, 1] + p, t] = 0.0
+            elif code == OP_CONST:
+                for p in range(ops[o, 3]):
+                    c = fp[ops[o, 2] + p]
+                    for t in range(nt):
+                        reg[ops[o, 1] + p, t] = c
+            elif code == OP_SOFTMAX:  # reg[dst + i] = softmax(reg[scores[i]]), the maximum subtracted first
+                sc, m, dst = ops[o, 1], ops[o, 2], ops[o, 3]
+                for t in range(nt):
+                    peak[t] = reg[ip[sc], t]
+                for i in range(1, m):
+                    x = ip[sc + i]
+                    for t in range(nt):
+                        peak[t] = max(peak[t], reg[x, t])
+                for t in range(nt):
+                    mass[t] = 0.0
+                for i in range(m):
+                    x = ip[sc + i]
+                    for t in range(nt):
+                        e = np.exp(reg[x, t] - peak[t])
+                        reg[dst + i, t] = e
+                        mass[t] += e
+                for i in range(m):
+                    for t in range(nt):
+                        reg[dst + i, t] /= mass[t]
+            elif code == OP_FACTOR:  # L (k×k, row-major) with L Lᵀ = scale · Cᵀ G[idx, idx] C, C (m×k) row-major
+                C, m, kk, g, r, idx, scale, L, cov = ops[o, 1], ops[o, 2], ops[o, 3], ops[o, 4], ops[o, 5], \
+                    ops[o, 6], fp[ops[o, 7]], ops[o, 8], ops[o, 9]  # cov: scratch for G C (m×k)
+                for a in range(m):
+                    row = g + ip[idx + a] * r
+                    for j in range(kk):
+                        for t in range(nt):
+                            reg[cov + a * kk + j, t] = 0.0
+                        for b in range(m):
+                            e, c = row + ip[idx + b], C + b * kk + j
+                            for t in range(nt):
+                                reg[cov + a * kk + j, t] += reg[e, t] * reg[c, t]
+                for i in range(kk):
+                    for j in range(i + 1):
+                        x = L + i * kk + j
+                        for t in range(nt):
+                            reg[x, t] = 0.0
+                        for a in range(m):
+                            c, e = C + a * kk + i, cov + a * kk + j
+                            for t in range(nt):
+                                reg[x, t] += reg[c, t] * reg[e, t]
+                        for t in range(nt):
+                            reg[x, t] *= scale  # lower triangle of the covariance, in place
+                for t in range(nt):
+                    peak[t] = 0.0
+                for i in range(kk):
+                    x = L + i * kk + i
+                    for t in range(nt):
+                        peak[t] = max(peak[t], reg[x, t])
+                for j in range(kk):  # semidefinite Cholesky in place (as semidefinite_cholesky_rows), over the tile
+                    x = L + j * kk + j
+                    for q in range(j):
+                        y = L + j * kk + q
+                        for t in range(nt):
+                            reg[x, t] -= reg[y, t] * reg[y, t]
+                    for t in range(nt):  # a pivot below the floor zeroes its column
+                        keep = reg[x, t] > PIVOT_RTOL * peak[t]
+                        root = np.sqrt(reg[x, t]) if keep else 0.0
+                        reg[x, t] = root
+                        mass[t] = 1.0 / root if keep else 0.0
+                    for i in range(j + 1, kk):
+                        x = L + i * kk + j
+                        for q in range(j):
+                            y, z = L + i * kk + q, L + j * kk + q
+                            for t in range(nt):
+                                reg[x, t] -= reg[y, t] * reg[z, t]
+                        for t in range(nt):
+                            reg[x, t] *= mass[t]
+                for i in range(kk):
+                    for j in range(i + 1, kk):
+                        x = L + i * kk + j
+                        for t in range(nt):
+                            reg[x, t] = 0.0
+            elif code == OP_NORMALS:
+                rng = gens[ops[o, 1]]
+                dst, m = ops[o, 2], ops[o, 3]
+                for t in range(nt):
+                    for p in range(m):
+                        reg[dst + p, t] = rng.standard_normal()
+            elif code == OP_BIPARTITE:  # as bipartite_gram: G_AB = rows_A rows_Bᵀ + T Ξ (only G_AB, G_BA written)
+                rx, rn, rc = gens[ops[o, 1]], gens[ops[o, 2]], gens[ops[o, 3]]
+                dof, a, b, A, B, rA, rB, g, r, chi, xi = ops[o, 4], ops[o, 5], ops[o, 6], ops[o, 7], ops[o, 8], \
+                    ops[o, 9], ops[o, 10], ops[o, 11], ops[o, 12], ops[o, 13], ops[o, 14]
+                T = xi + a * b  # scratch after Ξ: T (a×a)
+                for t in range(nt):
+                    for i in range(a):
+                        for j in range(b):
+                            reg[xi + i * b + j, t] = rx.standard_normal()
+                for t in range(nt):
+                    for i in range(a):
+                        for j in range(i):
+                            reg[T + i * a + j, t] = rn.standard_normal()
+                for t in range(nt):
+                    for i in range(a):
+                        reg[T + i * a + i, t] = np.sqrt(chisquare(rc, dof - i, fp[chi + i], fp[chi + a + i]))
+                for i in range(a):
+                    for j in range(b):
+                        e, f = g + ip[A + i] * r + ip[B + j], g + ip[B + j] * r + ip[A + i]
+                        ra, rb = ip[rA + i], ip[rB + j]
+                        for t in range(nt):
+                            reg[e, t] = reg[ra, t] * reg[rb, t]
+                        for q in range(i + 1):
+                            x, y = T + i * a + q, xi + q * b + j
+                            for t in range(nt):
+                                reg[e, t] += reg[x, t] * reg[y, t]
+                        for t in range(nt):
+                            reg[f, t] = reg[e, t]
+            elif code == OP_WISHART:  # as bartlett_wishart: G = T Tᵀ + rows rowsᵀ
+                rn, rc = gens[ops[o, 1]], gens[ops[o, 2]]
+                dof, r, rows, g, chi, T = ops[o, 3], ops[o, 4], ops[o, 5], ops[o, 6], ops[o, 7], ops[o, 8]
+                for t in range(nt):
+                    for i in range(r):
+                        for j in range(i):
+                            reg[T + i * r + j, t] = rn.standard_normal()
+                for t in range(nt):
+                    for i in range(r):
+                        reg[T + i * r + i, t] = np.sqrt(chisquare(rc, dof - i, fp[chi + i], fp[chi + r + i]))
+                for i in range(r):
+                    for j in range(i + 1):
+                        e, f = g + i * r + j, g + j * r + i
+                        for t in range(nt):
+                            reg[e, t] = 0.0
+                        for q in range(j + 1):
+                            x, y = T + i * r + q, T + j * r + q
+                            for t in range(nt):
+                                reg[e, t] += reg[x, t] * reg[y, t]
+                        x, y = ip[rows + i], ip[rows + j]
+                        for t in range(nt):
+                            reg[e, t] += reg[x, t] * reg[y, t]
+                            reg[f, t] = reg[e, t]
+            elif code == OP_WISHART_Z:  # dof < r: G = ZᵀZ + rows rowsᵀ, Z (dof × r) explicit
+                rn = gens[ops[o, 1]]
+                dof, r, rows, g, Z = ops[o, 2], ops[o, 3], ops[o, 4], ops[o, 5], ops[o, 6]
+                for t in range(nt):
+                    for p in range(dof * r):
+                        reg[Z + p, t] = rn.standard_normal()
+                for i in range(r):
+                    for j in range(r):
+                        e = g + i * r + j
+                        for t in range(nt):
+                            reg[e, t] = 0.0
+                        for d in range(dof):
+                            x, y = Z + d * r + i, Z + d * r + j
+                            for t in range(nt):
+                                reg[e, t] += reg[x, t] * reg[y, t]
+                        x, y = ip[rows + i], ip[rows + j]
+                        for t in range(nt):
+                            reg[e, t] += reg[x, t] * reg[y, t]
+            elif code == OP_OUT_SCALAR:
+                for t in range(nt):
+                    out[s0 + t, ops[o, 1]] = reg[ops[o, 2], t]
+            elif code == OP_OUT_VECTOR:  # coordinate 0: b₀[cols] · c
+                j, c, cols, m = ops[o, 1], ops[o, 2], ops[o, 3], ops[o, 4]
+                for t in range(nt):
+                    acc = 0.0
+                    for p in range(m):
+                        acc += reg[ip[cols + p], t] * reg[c + p, t]
+                    out[s0 + t, j] = acc
+            elif code == OP_WEIGHTS:  # weights[s, j, f[p]] = c[at[p]]; shift[s, j] = Σ_p c[at[p]] b₀[cols[p]]
+                j, c, at, f, m, cols = ops[o, 1], ops[o, 2], ops[o, 3], ops[o, 4], ops[o, 5], ops[o, 6]
+                for t in range(nt):
+                    acc = 0.0
+                    for p in range(m):
+                        w = reg[c + ip[at + p], t]
+                        weights[s0 + t, j, ip[f + p]] = w
+                        acc += w * reg[ip[cols + p], t]
+                    shift[s0 + t, j] = acc
+    return out, weights, shift

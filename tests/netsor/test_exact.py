@@ -245,3 +245,22 @@ def test_paper_front_is_deterministic_across_chunks_threads_and_sizes(clip):
     b = netsor.simulate(layer.program, 64, layer.outputs, 9000, seed=8, method="exact", threads=2, chunk_size=100)
     c = netsor.simulate(layer.program, 64, layer.outputs, 5000, seed=8, method="exact")
     assert np.array_equal(a, b) and np.array_equal(a[:5000], c)
+
+
+@pytest.mark.parametrize("width", [16, 1024])
+@pytest.mark.parametrize("kwargs", [dict(inputs="gaussian"), dict(inputs=SPD, tied_qk=True),
+                                    dict(inputs="gaussian", out_proj=False, scaling="linear")])
+def test_fused_linear_kernel_is_the_step_by_step_path(kwargs, width):
+    """The fused per-network kernel (LinearProgram) reads the same random streams as the step-by-step path:
+    the same draws and conditional moments up to rounding, so the finite draws stay coupled to the limit path."""
+    from netsor import exact
+    layer = attention_layer(seq_len=4, heads=2, **kwargs)
+    targets = list(layer.outputs) + [layer.scores[0][0][1], layer.attention[1][2][0]]
+    plan = exact.ExactPlan(layer.program, targets)
+    assert exact._linear_program(plan, width, targets) is not None
+    root = np.random.SeedSequence(21)
+    fused = exact.simulate_exact_block(plan, width, targets, root, 3, 300, moments=True)
+    plan._cache[("linear", width, tuple(t.index for t in targets))] = None  # force the step-by-step path
+    steps = exact.simulate_exact_block(plan, width, targets, root, 3, 300, moments=True)
+    for a, b in zip(fused, steps):
+        np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-9)
