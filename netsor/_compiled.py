@@ -647,7 +647,8 @@ def run_linear(gens, ops, ip, fp, registers, S, k, F):
                 for t in range(nt):
                     for p in range(m):
                         reg[dst + p, t] = rng.standard_normal()
-            elif code == OP_BIPARTITE:  # as bipartite_gram: G_AB = rows_A rows_Bᵀ + T Ξ (only G_AB, G_BA written)
+            elif code == OP_BIPARTITE:  # as bipartite_gram: G_AB = rows_A rows_Bᵀ + T Ξ (only G_AB, G_BA written;
+                # rows_A = -1: no row 0, the Gram of all n rows)
                 rx, rn, rc = gens[ops[o, 1]], gens[ops[o, 2]], gens[ops[o, 3]]
                 dof, a, b, A, B, rA, rB, g, r, chi, xi = ops[o, 4], ops[o, 5], ops[o, 6], ops[o, 7], ops[o, 8], \
                     ops[o, 9], ops[o, 10], ops[o, 11], ops[o, 12], ops[o, 13], ops[o, 14]
@@ -666,16 +667,20 @@ def run_linear(gens, ops, ip, fp, registers, S, k, F):
                 for i in range(a):
                     for j in range(b):
                         e, f = g + ip[A + i] * r + ip[B + j], g + ip[B + j] * r + ip[A + i]
-                        ra, rb = ip[rA + i], ip[rB + j]
-                        for t in range(nt):
-                            reg[e, t] = reg[ra, t] * reg[rb, t]
+                        if rA >= 0:
+                            ra, rb = ip[rA + i], ip[rB + j]
+                            for t in range(nt):
+                                reg[e, t] = reg[ra, t] * reg[rb, t]
+                        else:  # no row 0: G_AB = T Ξ, T with dof = n
+                            for t in range(nt):
+                                reg[e, t] = 0.0
                         for q in range(i + 1):
                             x, y = T + i * a + q, xi + q * b + j
                             for t in range(nt):
                                 reg[e, t] += reg[x, t] * reg[y, t]
                         for t in range(nt):
                             reg[f, t] = reg[e, t]
-            elif code == OP_WISHART:  # as bartlett_wishart: G = T Tᵀ + rows rowsᵀ
+            elif code == OP_WISHART:  # as bartlett_wishart: G = T Tᵀ + rows rowsᵀ (rows = -1: none)
                 rn, rc = gens[ops[o, 1]], gens[ops[o, 2]]
                 dof, r, rows, g, chi, T = ops[o, 3], ops[o, 4], ops[o, 5], ops[o, 6], ops[o, 7], ops[o, 8]
                 for t in range(nt):
@@ -694,9 +699,11 @@ def run_linear(gens, ops, ip, fp, registers, S, k, F):
                             x, y = T + i * r + q, T + j * r + q
                             for t in range(nt):
                                 reg[e, t] += reg[x, t] * reg[y, t]
-                        x, y = ip[rows + i], ip[rows + j]
+                        if rows >= 0:
+                            x, y = ip[rows + i], ip[rows + j]
+                            for t in range(nt):
+                                reg[e, t] += reg[x, t] * reg[y, t]
                         for t in range(nt):
-                            reg[e, t] += reg[x, t] * reg[y, t]
                             reg[f, t] = reg[e, t]
             elif code == OP_WISHART_Z:  # dof < r: G = ZᵀZ + rows rowsᵀ, Z (dof × r) explicit
                 rn = gens[ops[o, 1]]
@@ -713,9 +720,10 @@ def run_linear(gens, ops, ip, fp, registers, S, k, F):
                             x, y = Z + d * r + i, Z + d * r + j
                             for t in range(nt):
                                 reg[e, t] += reg[x, t] * reg[y, t]
-                        x, y = ip[rows + i], ip[rows + j]
-                        for t in range(nt):
-                            reg[e, t] += reg[x, t] * reg[y, t]
+                        if rows >= 0:
+                            x, y = ip[rows + i], ip[rows + j]
+                            for t in range(nt):
+                                reg[e, t] += reg[x, t] * reg[y, t]
             elif code == OP_OUT_SCALAR:
                 for t in range(nt):
                     out[s0 + t, ops[o, 1]] = reg[ops[o, 2], t]

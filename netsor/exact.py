@@ -13,7 +13,9 @@ coordinate 0 of v is b₀·c_v, a dot u·v/n^a is c_uᵀ G c_v / n^a. Exactly, b
 G = b₀b₀ᵀ + W with W ~ Wishart(n − 1, I_M) independent of b₀, drawn by Bartlett's decomposition W = T Tᵀ,
 T lower-triangular with T_ii = sqrt(χ²_{n−i}) and T_ij ~ N(0, 1) below the diagonal (explicitly as ZᵀZ when
 n − 1 < M). Columns whose mutual Gram entries nothing reads are split into independent components, each with its
-own small Wishart. The cost per network does not depend on n.
+own small Wishart. A component whose row 0 nothing reads except through its Gram (no target uses its columns) has
+no row 0 drawn: its G is one Wishart(n, I) (Bartlett with n degrees of freedom), whose below-diagonal normals
+still drive the coupled limit. The cost per network does not depend on n.
 
 Vectors of a fixed dimension N (head dimensions) are drawn explicitly, N rows per network: a MatMul from the
 width to N has rows iid N(0, σ² CᵀGC/n); a MatMul from N to the width opens a basis block with row covariance
@@ -142,6 +144,13 @@ class ExactPlan:
         self.read_components = [not set(self.free_columns.tolist()).issuperset(cols.tolist())
                                 for cols in self.components]
         self.bipartite = self._bipartite(front_cols)
+        # components whose row 0 nothing reads but through their Gram (no target's support, no front column):
+        # their Gram G = BᵀB is drawn as one Wishart(n) and their row 0 is not drawn
+        shown = set(front_cols).union(*(self.support(t) for t in targets if isinstance(t, Vector) and t.dim == WIDTH))
+        self.gram_only = [self.read_components[i] and not shown.intersection(cols.tolist())
+                          for i, cols in enumerate(self.components)]
+        self.row0_columns = np.array(sorted(set(range(size)).difference(
+            *(cols.tolist() for i, cols in enumerate(self.components) if self.gram_only[i]))), dtype=np.int64)
         for cols in self.components:
             if 0 < len(front_cols.intersection(cols.tolist())) < len(cols):
                 culprit = next(n for n in self.needed if n.index not in self.front and not isinstance(n, Matrix)
@@ -559,9 +568,10 @@ class LinearProgram:
         self.ops, self.ints, self.floats, self.keys = [], [], [], [(0,)]
         self.size = 0
         self.coef, self.scalars, self.factors = {}, {}, {}
-        M = plan.size
-        self.b0 = self.alloc(M)
-        self.op(_ops.OP_NORMALS, 0, self.b0, M)
+        drawn = len(plan.row0_columns)
+        self.b0 = np.full(plan.size, -1, dtype=np.int64)  # register of each column's row-0 entry (-1: not drawn)
+        self.b0[plan.row0_columns] = self.alloc(drawn) + np.arange(drawn)
+        self.op(_ops.OP_NORMALS, 0, self.b0[plan.row0_columns[0]] if drawn else 0, drawn)
         self.grams = []
         for i, cols in enumerate(plan.components):
             if not plan.read_components[i]:
@@ -570,27 +580,29 @@ class LinearProgram:
             r = len(cols)
             g = self.alloc(r * r)
             self.grams.append(g)
-            rows = self.pool(self.b0 + cols)
+            gram_only = plan.gram_only[i]  # Wishart(n), no row 0 (operand -1)
+            dof = width if gram_only else width - 1
+            rows = -1 if gram_only else self.pool(self.b0[cols])
             halves = plan.bipartite[i]
-            if halves is not None and width - 1 >= len(halves[0]):
+            if halves is not None and dof >= len(halves[0]):
                 A, B = halves
                 cols = np.asarray(cols)
                 xi = self.alloc(len(A) * len(B) + len(A) * len(A))  # Ξ, then T
-                self.op(_ops.OP_BIPARTITE, self.stream(1, i), self.stream(7, i), self.stream(2, i), width - 1,
-                        len(A), len(B), self.pool(A), self.pool(B), self.pool(self.b0 + cols[A]),
-                        self.pool(self.b0 + cols[B]), g, r, self.chi(width - 1, len(A)), xi)
-            elif width - 1 >= r:
-                self.op(_ops.OP_WISHART, self.stream(1, i), self.stream(2, i), width - 1, r, rows, g,
-                        self.chi(width - 1, r), self.alloc(r * r))
+                self.op(_ops.OP_BIPARTITE, self.stream(1, i), self.stream(7, i), self.stream(2, i), dof,
+                        len(A), len(B), self.pool(A), self.pool(B), -1 if gram_only else self.pool(self.b0[cols[A]]),
+                        -1 if gram_only else self.pool(self.b0[cols[B]]), g, r, self.chi(dof, len(A)), xi)
+            elif dof >= r:
+                self.op(_ops.OP_WISHART, self.stream(1, i), self.stream(2, i), dof, r, rows, g,
+                        self.chi(dof, r), self.alloc(r * r))
             else:
-                self.op(_ops.OP_WISHART_Z, self.stream(1, i), width - 1, r, rows, g, self.alloc((width - 1) * r))
+                self.op(_ops.OP_WISHART_Z, self.stream(1, i), dof, r, rows, g, self.alloc(dof * r))
         self.targets = targets
         for j, t in enumerate(targets):
             if isinstance(t, Scalar):
                 self.op(_ops.OP_OUT_SCALAR, j, self.scalar(t))
             else:
                 c, m = self.coefficients(t)
-                self.op(_ops.OP_OUT_VECTOR, j, c, self.pool(self.b0 + plan.cols(t)), m)
+                self.op(_ops.OP_OUT_VECTOR, j, c, self.pool(self.b0[plan.cols(t)]), m)
         self.free_ops = []
         position = {int(c): f for f, c in enumerate(plan.free_columns)}
         for j, t in enumerate(targets):
@@ -599,7 +611,7 @@ class LinearProgram:
                 if at:
                     self.free_ops.append([_ops.OP_WEIGHTS, j, self.coefficients(t)[0], self.pool(at),
                                           self.pool([position[int(plan.cols(t)[p])] for p in at]), len(at),
-                                          self.pool(self.b0 + plan.cols(t)[at])] + [0] * (_ops.OP_FIELDS - 7))
+                                          self.pool(self.b0[plan.cols(t)[at]])] + [0] * (_ops.OP_FIELDS - 7))
         self.code = {moments: np.array(self.ops + (self.free_ops if moments else []),
                                        dtype=np.int64).reshape(-1, _ops.OP_FIELDS) for moments in (False, True)}
         self.int_pool = np.array(self.ints + [0], dtype=np.int64)
@@ -757,21 +769,23 @@ def simulate_exact_block(plan: ExactPlan, width: int, targets, root, block: int,
         if plan.front_columns:
             F = np.stack([front[idx] for _, idx in plan.front_columns], axis=2)
             front_row0, front_gram = F[:, 0, :], np.einsum("sni,snj->sij", F, F)
-    b0 = standard_normals(stream(root, block, 0), np.empty((S, M)))  # row 0 of the basis
+    b0 = np.zeros((S, M))  # row 0 of the basis, drawn where something reads it (zero elsewhere, never used)
+    b0[:, plan.row0_columns] = standard_normals(stream(root, block, 0), np.empty((S, len(plan.row0_columns))))
     front_cols = {}  # basis column → its position among the front columns
     for j, (col, _) in enumerate(plan.front_columns):
         b0[:, col] = front_row0[:, j]
         front_cols[col] = j
-    grams = []  # G = b₀b₀ᵀ + Wishart(n − 1), kept only within each component (nothing reads across)
+    grams = []  # G = b₀b₀ᵀ + Wishart(n − 1) (Wishart(n) where b₀ is not read), kept within each component
     for i, cols in enumerate(plan.components):
         if not plan.read_components[i]:  # nothing reads this Gram
             grams.append(None)
             continue
+        dof = width if plan.gram_only[i] else width - 1  # b₀ = 0 on gram-only components
         halves = plan.bipartite[i]
-        if halves is not None and (limit or width - 1 >= len(halves[0])):  # only G_AB is read
+        if halves is not None and (limit or dof >= len(halves[0])):  # only G_AB is read
             A, B = halves
             grams.append(bipartite_gram(stream(root, block, 1, i), stream(root, block, 7, i), stream(root, block, 2, i),
-                                        width - 1, A, B, np.ascontiguousarray(b0[:, cols]), limit))
+                                        dof, A, B, np.ascontiguousarray(b0[:, cols]), limit))
             continue
         if limit:  # Ξ + Ξᵀ from the normals Bartlett puts below the diagonal
             r = len(cols)
@@ -784,8 +798,8 @@ def simulate_exact_block(plan: ExactPlan, width: int, targets, root, block: int,
             at = np.array([front_cols[int(c)] for c in cols])
             grams.append(front_gram[:, at[:, None], at[None, :]])
             continue
-        grams.append(_wishart(stream(root, block, 1, i), stream(root, block, 2, i), width - 1, len(cols), S,
-                              np.ascontiguousarray(b0[:, cols])))
+        grams.append(_wishart(stream(root, block, 1, i), stream(root, block, 2, i), dof, len(cols), S,
+                              None if plan.gram_only[i] else np.ascontiguousarray(b0[:, cols])))
     # c_v with v = B c_v, stored on v's static support plan.cols(v) only: (S, |support|)
     coef: dict[int, np.ndarray] = {}
     values: dict = {}

@@ -264,3 +264,26 @@ def test_fused_linear_kernel_is_the_step_by_step_path(kwargs, width):
     steps = exact.simulate_exact_block(plan, width, targets, root, 3, 300, moments=True)
     for a, b in zip(fused, steps):
         np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-9)
+
+
+@pytest.mark.parametrize("show_rows", [False, True])
+def test_grams_without_row_zero_are_one_wishart_of_n_rows(show_rows):
+    """Columns whose row 0 nothing reads (only dots of them are targets) get their Gram as one Wishart(n), with no
+    row 0 drawn; with a vector target on them, as row 0 plus Wishart(n − 1). Both are the law of n-vector dots."""
+    from netsor import exact
+    from netsor.program import dot
+    n, size = 3, 100_000
+    prog = netsor.Program()
+    x, y = prog.input("x"), prog.input("y")
+    scalars = [dot(x, x, scale="linear"), dot(x, y, scale="linear")]
+    targets = scalars + ([x, y] if show_rows else [])
+    plan = exact.ExactPlan(prog, targets)
+    assert any(plan.gram_only) != show_rows
+    assert len(plan.row0_columns) == (plan.size if show_rows else 0)
+    draws = netsor.simulate(prog, n, targets, size, seed=8, method="exact")
+    rng = np.random.default_rng(9)
+    X, Y = rng.standard_normal((size, n)), rng.standard_normal((size, n))
+    direct = [np.einsum("sn,sn->s", X, X) / n, np.einsum("sn,sn->s", X, Y) / n]
+    for j, d in enumerate(direct):
+        assert stats.ks_2samp(draws[:, j], d).pvalue > 1e-4
+    assert stats.kstest(draws[:, 0] * n, stats.chi2(n).cdf).pvalue > 1e-4
