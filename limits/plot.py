@@ -45,8 +45,9 @@ def kl_vs_width(df, fit: RateFit | bool | None = True, against: str = "width", a
         except ProgramError:
             fit = None
     points = fit.points if isinstance(fit, RateFit) else summarize(df, against)
-    good = points[points["used"]]
-    bound = points[~points["used"]]
+    unknown = points["se"] <= 0  # no standard error (kde with one seed): a value, neither resolved nor a bound
+    good = points[points["used"] | unknown]
+    bound = points[~points["used"] & ~unknown]
     line = ax.errorbar(good[against], good["kl"], yerr=good["se"], fmt="o-", capsize=3, label=label)
     if len(bound):
         ax.plot(bound[against], np.maximum(bound["kl"], 0) + 2 * bound["se"], "v", mfc="none",

@@ -29,3 +29,9 @@ def test_densities_and_scores(tmp_path):
     fig, ax = plot.scores(layers, widths=[16], size=2000, path=tmp_path / "scores")
     assert (tmp_path / "densities.png").exists() and (tmp_path / "scores.pdf").exists()
     assert any("point mass" in t.get_text() for t in ax.get_legend().get_texts())
+
+
+def test_points_without_standard_error_are_values_not_bounds():
+    df = pd.DataFrame({"width": [16, 64], "seed": 0, "estimator": "kde", "kl": [1e-2, 1e-3], "se": np.nan})
+    fig, ax = plot.kl_vs_width(df)
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["kde"]
