@@ -30,14 +30,19 @@ class _UsageError(Exception):
     pass
 
 
-def _int_list(text: str) -> list[int]:
+def _comma_ints(text: str, minimum: int, kind: str, malformed: str) -> list[int]:
+    """Comma-separated integers ≥ minimum ("16,64" or "3,"); `kind` and `malformed` word the two errors."""
     try:
         values = [int(v) for v in text.replace(" ", "").split(",") if v]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected {malformed}, got {text!r}") from None
+    if not values or min(values) < minimum:
+        raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}")
     return values
+
+
+def _int_list(text: str) -> list[int]:
+    return _comma_ints(text, 1, "positive integers", "comma-separated integers")
 
 
 def _positive(text: str) -> int:
@@ -58,13 +63,7 @@ def _seeds(text: str):
     """A count ("10") or a list of seeds ("3," or "0,5,7")."""
     if "," not in text:
         return _positive(text)
-    try:
-        values = [int(v) for v in text.replace(" ", "").split(",") if v]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a count or comma-separated seeds, got {text!r}") from None
-    if not values or min(values) < 0:
-        raise argparse.ArgumentTypeError(f"expected non-negative seeds, got {text!r}")
-    return values
+    return _comma_ints(text, 0, "non-negative seeds", "a count or comma-separated seeds")
 
 
 def parser() -> argparse.ArgumentParser:

@@ -293,47 +293,6 @@ def bartlett_wishart(rng_normal, rng_chi, dof, M, S, rows):
 
 
 @numba.njit(**_JIT)
-def bilinear_forms_at(left, gram, iu, iv, right):
-    """out[s] = left[s]ᵀ gram[s][iu, iv] right[s] for (S, a), (S, r, r), (a,), (b,), (S, b): a dot c_uᵀ G c_v
-    read from one component's Gram without copying the block."""
-    S, a = left.shape
-    b = right.shape[1]
-    out = np.empty(S)
-    for s in range(S):
-        acc = 0.0
-        for i in range(a):
-            row = 0.0
-            for j in range(b):
-                row += gram[s, iu[i], iv[j]] * right[s, j]
-            acc += left[s, i] * row
-        out[s] = acc
-    return out
-
-
-@numba.njit(**_JIT)
-def congruences_at(coeffs, gram, idx, scale):
-    """out[s] = scale · coeffs[s]ᵀ gram[s][idx, idx] coeffs[s] for (S, m, k), (S, r, r), (m,): σ² CᵀGC/n."""
-    S, m, k = coeffs.shape
-    out = np.empty((S, k, k))
-    tmp = np.empty((m, k))
-    for s in range(S):
-        for a in range(m):
-            for j in range(k):
-                acc = 0.0
-                for b in range(m):
-                    acc += gram[s, idx[a], idx[b]] * coeffs[s, b, j]
-                tmp[a, j] = acc
-        for i in range(k):
-            for j in range(i, k):
-                acc = 0.0
-                for a in range(m):
-                    acc += coeffs[s, a, i] * tmp[a, j]
-                out[s, i, j] = scale * acc
-                out[s, j, i] = scale * acc
-    return out
-
-
-@numba.njit(**_JIT)
 def semidefinite_cholesky_rows(cov):
     """Per-network factors of a sample-first stack of PSD matrices, (S, d, d) → (S, d, d)."""
     S, d, _ = cov.shape

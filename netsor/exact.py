@@ -42,9 +42,8 @@ import numpy as np
 
 from . import _compiled as _ops
 from ._compiled import (PHI_CLIP, PHI_IDENTITY, PHI_RELU, add_scaled_at, bartlett_factor, bartlett_wishart,
-                        bilinear_forms_at, bipartite_gram, congruences_at, front_layer_grams, run_linear,
-                        sandwiches_at, semidefinite_cholesky_rows, softmax_columns, standard_normals,
-                        unclipped_layer_grams)
+                        bipartite_gram, front_layer_grams, run_linear, sandwiches_at, semidefinite_cholesky_rows,
+                        softmax_columns, standard_normals, unclipped_layer_grams)
 from ._random import stream
 from .errors import ProgramError
 from .kernels import gaussian_factor
@@ -837,7 +836,8 @@ def simulate_exact_block(plan: ExactPlan, width: int, targets, root, block: int,
         if len(iu) == 0 or len(iv) == 0:
             return np.zeros(S)
         component, lu, lv = plan.local(u, v)
-        return bilinear_forms_at(coefficients(u), grams[component], lu, lv, coefficients(v))
+        left, right = coefficients(u)[:, None, :], coefficients(v)[:, None, :]
+        return sandwiches_at(left, grams[component], lu, lv, right)[0, 0]
 
     def dot(s: Dot) -> np.ndarray:
         if not limit:
@@ -869,7 +869,9 @@ def simulate_exact_block(plan: ExactPlan, width: int, targets, root, block: int,
         if limit:
             return _row_factor(matrix.var * np.einsum("smi,smj->sij", Cu, Cu))
         component, local, _ = plan.local(args, args)
-        return _row_factor(congruences_at(Cu, grams[component], local, matrix.var / width))
+        Ct = Cu.transpose(0, 2, 1)  # σ² CᵀGC/n is the sandwich Cᵀ G (Cᵀ)ᵀ; it comes network-last
+        congruence = sandwiches_at(Ct, grams[component], local, local, Ct).transpose(2, 0, 1)
+        return _row_factor(matrix.var / width * congruence)
 
     def row_factor(matrix: Matrix) -> np.ndarray:
         """linear_row_factor, shared by matrices of one variance applied to the same vectors (W_Q, W_K, W_V)."""
@@ -970,31 +972,22 @@ def simulate_coupled(program: Program, width: int, variables, size: int, seed=No
     covariance of the draws given the random scalars and Grams (`finite_mean`, `finite_cov`, `limit_mean`,
     `limit_cov`), the Gaussian components of Rao-Blackwellized density estimates.
     """
-    from ._random import check_size, seed_sequence
-    from .finite_width import check_width
+    from .finite_width import checked_arguments, run_blocks_in_parts
 
-    if not isinstance(program, Program):
-        raise ProgramError(f"simulate_coupled: expected a netsor Program, got {type(program).__name__}")
-    width = check_width(width)
-    targets = program.resolve(variables, "simulate_coupled")
-    size = check_size(size)
-    root = seed_sequence(seed)
+    width, targets, size, root, _ = checked_arguments("simulate_coupled", program, width, variables, size, seed)
     plan = ExactPlan(program, targets)
     if plan.front:
         raise ProgramError("simulate_coupled: coupled limit draws do not cover a nonlinear front yet "
                            f"({next(n.name for n in plan.needed if n.index in plan.front)} is computed through one)")
     k = len(targets)
-    parts = {name: np.empty((size, k)) for name in ("finite", "limit", "finite_mean", "limit_mean")}
-    parts.update({name: np.empty((size, k, k)) for name in ("finite_cov", "limit_cov")})
-    block = plan.block_size(width)
-    for b, start in enumerate(range(0, size, block)):
-        count = min(block, size - start)
-        for kind, limit in (("finite", False), ("limit", True)):
-            draws, mean, cov = simulate_exact_block(plan, width, targets, root, b, count, limit=limit, moments=True)
-            parts[kind][start:start + count] = draws
-            parts[f"{kind}_mean"][start:start + count] = mean
-            parts[f"{kind}_cov"][start:start + count] = cov
-    return CoupledDraws(**parts)
+
+    def work(b):  # the finite and the limit draws of one block, from the same streams
+        return (*simulate_exact_block(plan, width, targets, root, b[0], b[2], moments=True),
+                *simulate_exact_block(plan, width, targets, root, b[0], b[2], limit=True, moments=True))
+
+    parts = run_blocks_in_parts(work, size, plan.block_size(width), [(k,), (k,), (k, k)] * 2, None)
+    return CoupledDraws(finite=parts[0], finite_mean=parts[1], finite_cov=parts[2],
+                        limit=parts[3], limit_mean=parts[4], limit_cov=parts[5])
 
 
 class CoupledDraws:

@@ -141,18 +141,12 @@ def simulate(program: Program, width: int, variables, size: int, seed=None, meth
     network's values do not depend on `size` or on which variables are requested (up to floating-point rounding
     of matrix products of different shapes).
     """
-    if not isinstance(program, Program):
-        raise ProgramError(f"simulate: expected a netsor Program, got {type(program).__name__}")
     if method not in METHODS:
         raise ProgramError(f"simulate: unknown method {method!r}; choose from {', '.join(METHODS)}")
-    width = check_width(width)
-    targets = program.resolve(variables, "simulate")
-    size = check_size(size)
-    root = seed_sequence(seed)
+    width, targets, size, root, threads = checked_arguments("simulate", program, width, variables, size, seed,
+                                                            threads)
     if chunk_size is not None:
         chunk_size = check_size(chunk_size, "chunk_size")
-    if threads is not None:
-        threads = check_size(threads, "threads")
     if method == "auto":
         method = "exact" if exact.reducible(program, targets) else "dense"
     if method == "exact":
@@ -173,29 +167,43 @@ def simulate_with_moments(program: Program, width: int, variables, size: int, se
 
     Returns (draws (size, k), means (size, k), covs (size, k, k)); draws equal `simulate`'s for the same seed.
     """
+    width, targets, size, root, threads = checked_arguments("simulate_with_moments", program, width, variables,
+                                                            size, seed, threads)
+    plan = exact.ExactPlan(program, targets)  # ProgramError naming the node where exact sampling does not apply
+    k = len(targets)
+    work = lambda b: exact.simulate_exact_block(plan, width, targets, root, b[0], b[2], moments=True)  # noqa: E731
+    return tuple(run_blocks_in_parts(work, size, plan.block_size(width), [(k,), (k,), (k, k)], threads))
+
+
+def checked_arguments(where: str, program: Program, width, variables, size, seed, threads=None):
+    """The checks every finite-width entry point makes: (width, target nodes, size, root SeedSequence, threads)."""
     if not isinstance(program, Program):
-        raise ProgramError(f"simulate_with_moments: expected a netsor Program, got {type(program).__name__}")
+        raise ProgramError(f"{where}: expected a netsor Program, got {type(program).__name__}")
     width = check_width(width)
-    targets = program.resolve(variables, "simulate_with_moments")
+    targets = program.resolve(variables, where)
     size = check_size(size)
     root = seed_sequence(seed)
     if threads is not None:
         threads = check_size(threads, "threads")
-    plan = exact.ExactPlan(program, targets)  # ProgramError naming the node where exact sampling does not apply
-    k = len(targets)
-
-    def work(b):
-        draws, means, covs = exact.simulate_exact_block(plan, width, targets, root, b[0], b[2], moments=True)
-        return np.concatenate([draws, means, covs.reshape(len(draws), k * k)], axis=1)
-
-    flat = _run_blocks(work, size, plan.block_size(width), 2 * k + k * k, None, threads)
-    return flat[:, :k], flat[:, k:2 * k], flat[:, 2 * k:].reshape(size, k, k)
+    return width, targets, size, root, threads
 
 
 def check_width(width) -> int:
     if isinstance(width, bool) or not isinstance(width, numbers.Integral) or width < 1:
         raise ProgramError(f"simulate: width must be a positive integer, got {width!r}")
     return int(width)
+
+
+def run_blocks_in_parts(work, size: int, block: int, shapes, threads) -> list[np.ndarray]:
+    """`_run_blocks` for work returning a tuple of arrays (count, *shapes[i]): one array (size, *shapes[i]) each."""
+    widths = [int(np.prod(shape)) for shape in shapes]
+
+    def flat(b):
+        return np.concatenate([part.reshape(b[2], -1) for part in work(b)], axis=1)
+
+    out = _run_blocks(flat, size, block, sum(widths), None, threads)
+    parts = np.split(out, np.cumsum(widths)[:-1], axis=1)
+    return [part.reshape((size,) + tuple(shape)) for part, shape in zip(parts, shapes)]
 
 
 def _run_blocks(work, size: int, block: int, columns: int, chunk_size, threads) -> np.ndarray:
