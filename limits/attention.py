@@ -61,28 +61,30 @@ class AttentionLayer:
         return netsor.simulate(self.program, width, variables or self.outputs, size, seed, **options)
 
 
-def _count(value, name: str, allow_inf: bool = False):
+def _count(value, name: str, allow_inf: bool = False, where: str = "attention_layer"):
     if allow_inf and isinstance(value, float) and math.isinf(value) and value > 0:
         return math.inf
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ProgramError(f"attention_layer: {name} must be a positive integer"
+        raise ProgramError(f"{where}: {name} must be a positive integer"
                            f"{' or math.inf' if allow_inf else ''}, got {value!r}")
     return int(value)
 
 
-def _tokens(prog: netsor.Program, seq_len: int, inputs, clip: float):
+def _tokens(prog: netsor.Program, seq_len: int, inputs, clip: float, where: str = "attention_layer"):
+    """The s token vectors: gaussian (iid N(0, 1) coordinates), through a clip / relu layer from one input h, or
+    with a given s×s covariance."""
     if isinstance(inputs, str):
         if inputs not in INPUTS:
-            raise ProgramError(f"attention_layer: inputs must be one of {', '.join(INPUTS)} or an s×s SPD "
+            raise ProgramError(f"{where}: inputs must be one of {', '.join(INPUTS)} or an s×s SPD "
                                f"covariance, got {inputs!r}")
         if inputs == "gaussian":
             return prog.inputs([f"x{i}" for i in range(1, seq_len + 1)])
         h = prog.input("h")
         phi = netsor.clip(clip) if inputs == "paper" else "relu"
         return tuple(netsor.nonlin(phi, prog.matrix(f"W{i}") @ h, name=f"x{i}") for i in range(1, seq_len + 1))
-    cov = check_covariance(inputs, seq_len, "attention_layer: inputs")
+    cov = check_covariance(inputs, seq_len, f"{where}: inputs")
     if np.linalg.eigvalsh(cov).min() <= 0:
-        raise ProgramError("attention_layer: the input covariance must be positive definite")
+        raise ProgramError(f"{where}: the input covariance must be positive definite")
     return prog.inputs([f"x{i}" for i in range(1, seq_len + 1)], cov=cov)
 
 

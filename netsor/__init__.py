@@ -3,7 +3,8 @@
 Write a program, then ask for its infinite-width law (`limit`) or its finite-width law (`simulate`)."""
 from .errors import ProgramError
 from .law import Law, limit
-from .nonlinearities import Nonlinearity, clip, erf, from_sympy, gelu, identity, relu, tanh
+from .layers import feedforward, layernorm, mean_pool, residual
+from .nonlinearities import Nonlinearity, clip, erf, from_sympy, gelu, identity, relu, square, tanh
 from .program import (Dot, Input, LinComb, MatMul, Matrix, Moment, Node, Nonlin, Program, Scalar, ScalarFn,
                       SoftmaxEntry, Vector, dot, lincomb, matmul, moment, nonlin, scalar_fn, softmax)
 from .exact import CoupledDraws, simulate_coupled
@@ -15,5 +16,5 @@ __all__ = [
     "ProgramError", "Program", "Node", "Vector", "Scalar", "Matrix", "Input", "MatMul", "Nonlin", "LinComb",
     "Moment", "Dot", "ScalarFn", "SoftmaxEntry", "matmul", "nonlin", "lincomb", "moment", "dot", "scalar_fn",
     "softmax", "limit", "Law", "simulate", "simulate_with_moments", "simulate_coupled", "CoupledDraws", "Nonlinearity", "identity",
-    "relu", "erf", "tanh", "gelu", "clip", "from_sympy",
+    "relu", "erf", "tanh", "gelu", "square", "clip", "from_sympy", "layernorm", "residual", "feedforward", "mean_pool",
 ]

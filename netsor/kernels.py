@@ -53,6 +53,7 @@ CLOSED_FORM_MEANS = {
     "identity": lambda s: np.zeros_like(np.asarray(s, float)),
     "relu": lambda s: np.sqrt(np.maximum(np.asarray(s, float), 0.0) / (2 * math.pi)),
     "erf": lambda s: np.zeros_like(np.asarray(s, float)),
+    "square": lambda s: np.asarray(s, float) * 1.0,  # E[Z²] = Var Z: LayerNorm's moment is a kernel entry
 }
 
 

@@ -378,7 +378,11 @@ class _Calculus:
         if s.index in self._scalars:
             return self._scalars[s.index]
         if isinstance(s, Moment):
-            if s.args[0].dim == WIDTH:
+            (first, *more) = s.args
+            if first.dim == WIDTH and not more and s.phi.name in kernels.CLOSED_FORM_MEANS and self.is_gaussian(first):
+                # E[φ(Z)] for Z ~ N(0, K) in closed form, K the (conditional) kernel: no quadrature per sample
+                value = kernels.CLOSED_FORM_MEANS[s.phi.name](self._scalar_kernel(first, first))
+            elif first.dim == WIDTH:
                 value = self.expectation([_MomentIntegrand(s)])
             else:
                 value = np.mean(s.phi(*(self.rows(a) for a in s.args)), axis=1)

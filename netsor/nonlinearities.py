@@ -2,7 +2,8 @@
 
 A `Nonlinearity` carries a vectorised numpy function (the finite-width and sampling semantics) and, where it
 has one, a sympy expression (the symbolic semantics used when printing a law). Built-ins: identity, relu, erf,
-tanh, gelu, clip(c). Users pass any vectorised callable, a sympy expression, or a registered name.
+tanh, gelu, square (LayerNorm's moment), clip(c). Users pass any vectorised callable, a sympy expression, or
+a registered name.
 """
 from __future__ import annotations
 
@@ -57,8 +58,9 @@ relu = Nonlinearity("relu", _relu, 1, lambda u: sympy.Max(0, u), kinks=(0.0,))
 erf = Nonlinearity("erf", scipy.special.erf, 1, lambda u: sympy.erf(u))
 tanh = Nonlinearity("tanh", np.tanh, 1, lambda u: sympy.tanh(u))
 gelu = Nonlinearity("gelu", _gelu, 1, lambda u: u * (1 + sympy.erf(u / sympy.sqrt(2))) / 2)
+square = Nonlinearity("square", lambda x: np.square(np.asarray(x, dtype=float)), 1, lambda u: u ** 2)  # for norms
 
-BUILTINS: dict[str, Nonlinearity] = {f.name: f for f in (identity, relu, erf, tanh, gelu)}
+BUILTINS: dict[str, Nonlinearity] = {f.name: f for f in (identity, relu, erf, tanh, gelu, square)}
 
 
 def clip(c: float) -> Nonlinearity:

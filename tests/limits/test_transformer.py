@@ -1,0 +1,57 @@
+"""The transformer builder: its program's shape, the BCP24 parameterisation, argument checks, and its limit
+against the compiled nested sampler (an independent derivation) and against exact finite-width networks."""
+import math
+
+import numpy as np
+import pytest
+from scipy import integrate, stats
+
+import netsor
+from limits import transformer
+from limits.transformer import mlp_weight_var
+
+
+def test_program_shape_and_parameterisation():
+    t = transformer(depth=3, seq_len=3, heads=2, residual_exponent=1.0, beta0=2.0)
+    assert len(t.blocks) == 3 and len(t.kernels) == 4
+    assert t.branch_scale == pytest.approx(2.0 / 3)
+    block = t.blocks[1]
+    assert len(block.scores) == 2 and len(block.scores[0]) == 3 and len(block.scores[0][0]) == 3
+    assert block.scores[0][0][1].exponent == 0.5 and block.scores[0][0][1].args[0].dim == "n"
+    assert t.kernels[2][0][1] is t.kernels[2][1][0]  # one node per pair
+    assert t.kernels[-1][0][0].args == (t.residual[0], t.residual[0])
+    after = block.after_attention[0]
+    # x + c·H^{-1/2}(o^1 + o^2)
+    np.testing.assert_allclose(after.coeffs, [1.0, 2.0 / 3 / math.sqrt(2), 2.0 / 3 / math.sqrt(2)])
+    assert t.program[f"W2^2"].var == pytest.approx(2.0)  # relu: 1/E[relu(Z)²]
+    assert t.outputs[0].matrix.name == "Wout" and t.outputs[0].arg is t.pooled
+    fixed = transformer(depth=1, seq_len=2, heads=1, head_dim=8, score_exponent=1.0, mlp=None)
+    q = fixed.blocks[0].scores[0][0][0].args[0]
+    assert q.dim == 8 and fixed.blocks[0].scores[0][0][0].exponent == 1.0
+    assert fixed.program["WO^1,1"].shape == ("n", 8)
+
+
+@pytest.mark.parametrize("phi, second_moment", [
+    ("relu", 0.5),
+    ("identity", 1.0),
+    ("erf", 2 / math.pi * math.asin(2 / 3)),
+    ("tanh", integrate.quad(lambda z: np.tanh(z) ** 2 * stats.norm.pdf(z), -30, 30, epsabs=1e-13)[0]),
+])
+def test_mlp_weight_variance_normalises_the_branch(phi, second_moment):
+    assert mlp_weight_var(phi) == pytest.approx(1 / second_moment, rel=1e-8)
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(depth=0), "depth"),
+    (dict(heads=1.5), "heads"),
+    (dict(score_exponent=0.25), "score_exponent"),
+    (dict(residual_exponent=-1), "residual_exponent"),
+    (dict(beta0=math.nan), "beta0"),
+    (dict(mlp=3), "mlp"),
+    (dict(mlp="softplus"), "softplus"),
+    (dict(inputs="uniform"), "inputs"),
+    (dict(inputs=np.eye(3)), "covariance"),
+])
+def test_bad_arguments_are_program_errors(options, message):
+    with pytest.raises(netsor.ProgramError, match=message):
+        transformer(**options)
