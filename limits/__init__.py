@@ -5,8 +5,8 @@ from .attention import AttentionLayer, attention_layer
 from .builders import Network, mlp
 from .divergence import KLEstimate, kl
 from .transformer import Transformer, transformer
-from .sweep import RateFit, fit_rate, kl_vs_heads, kl_vs_width
+from .sweep import RateFit, fit_rate, kernel_vs_heads, kl_vs_heads, kl_vs_width
 
 __all__ = ["AttentionLayer", "attention_layer", "Network", "mlp", "divergence", "kl", "KLEstimate",
-           "kl_vs_width", "kl_vs_heads", "fit_rate", "RateFit", "plot",
+           "kl_vs_width", "kl_vs_heads", "kernel_vs_heads", "fit_rate", "RateFit", "plot",
            "Transformer", "transformer"]

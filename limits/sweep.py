@@ -28,6 +28,7 @@ from netsor.gaussian import GaussianLaw
 
 from .attention import AttentionLayer, attention_layer
 from .builders import Network
+from .transformer import Transformer, transformer
 from .divergence import METHODS, kl
 
 COLUMNS = ["width", "seed", "estimator", "kl", "se", "upper_bound", "n_samples", "seconds"]
@@ -108,20 +109,26 @@ def run_task(task: KLTask) -> dict:
 # ---- public sweeps
 def kl_vs_width(layer_or_program, variables=None, widths=(16, 64, 256, 1024), size: int = 50_000, seeds=1,
                 estimator: str = "mixture", backend: str = "local", client=None, out_dir=None,
-                progress: bool | None = None, **estimator_options) -> pd.DataFrame:
+                progress: bool | None = None, reference: GaussianLaw | None = None,
+                **estimator_options) -> pd.DataFrame:
     """KL(finite width n ‖ limit) for each width and seed → DataFrame (width, seed, estimator, kl, se,
     upper_bound, n_samples, seconds), sorted by width then seed.
 
-    layer_or_program: an AttentionLayer, a Network, or a Program (then `variables` is required; for a layer the
-    default is its first output). seeds: a count (0..count−1) or a list of non-negative ints. backend "dask" sends
+    layer_or_program: an AttentionLayer, a Network, a Transformer, or a Program (then `variables` is required; for
+    the others the default is their first output). seeds: a count (0..count−1) or a list of non-negative ints. backend "dask" sends
     tasks to `client` (a dask.distributed Client, a scheduler address, or None for a 2-worker LocalCluster).
+    reference: a GaussianLaw over the same variables to compare with instead of the program's limit (e.g. an
+    infinite-head limit, to show a wrong limit is rejected).
     """
     program, variables = _target(layer_or_program, variables, "kl_vs_width")
     widths = _positive_ints(widths, "widths")
-    tasks = [KLTask(program, variables, w, s, _size(size), _estimator(estimator), _options(estimator_options))
-             for w in widths for s in _seeds(seeds)]
+    if reference is not None and not isinstance(reference, GaussianLaw):
+        raise ProgramError(f"kl_vs_width: reference must be a netsor GaussianLaw, got {type(reference).__name__}")
+    tasks = [KLTask(program, variables, w, s, _size(size), _estimator(estimator), _options(estimator_options),
+                    reference) for w in widths for s in _seeds(seeds)]
     config = {"sweep": "kl_vs_width", "program": str(program), "variables": [v.name for v in variables],
-              "size": size, "estimator": estimator, "options": repr(sorted(estimator_options.items()))}
+              "size": size, "estimator": estimator, "options": repr(sorted(estimator_options.items())),
+              "reference": None if reference is None else repr((reference.mean.tolist(), reference.cov.tolist()))}
     return _run(tasks, config, backend, client, out_dir, progress, "kl_vs_width.csv")
 
 
@@ -161,59 +168,99 @@ def kl_vs_heads(heads=(1, 2, 4, 8, 16), width: int | None = None, outputs=(0,), 
     return _run(tasks, config, backend, client, out_dir, progress, "kl_vs_heads.csv")
 
 
+def kernel_vs_heads(heads=(1, 2, 4, 8, 16, 32, 64), depth: int = 4, size: int = 20_000, seeds=1,
+                    recursion_samples: int = 1 << 21, **transformer_options) -> pd.DataFrame:
+    """BCP24 at initialisation: the residual-stream kernel K_H (s×s, after the last block) of the H-head
+    infinite-width limit against the H → ∞ kernel recursion K_∞, for each head count and seed.
+
+    Columns: heads, seed, depth, mse = E‖K_H − K_∞‖²_F / s², mse_se, variance = E‖K_H − E K_H‖²_F / s², bias =
+    ‖E K_H − K_∞‖_F / s, bias_se, seconds. Both mse and bias should fall like 1/H; fit with
+    `fit_rate(df, against="heads", value="mse", se="mse_se")`. `transformer_options` go to `limits.transformer`.
+    """
+    heads = _positive_ints(heads, "heads")
+    size = _size(size)
+    if "heads" in transformer_options:
+        raise ProgramError("kernel_vs_heads: pass the head counts as `heads`")
+    model = transformer(depth=depth, heads=1, **transformer_options)
+    rows = []
+    for seed in _seeds(seeds):
+        recursion = model.kernel_recursion(samples=recursion_samples, seed=np.random.SeedSequence(seed,
+                                                                                                   spawn_key=(4,)))
+        target, target_se = recursion.kernels[-1], recursion.se[-1]
+        s = model.seq_len
+        for h in heads:
+            start = time.perf_counter()
+            draws = model.nested_kernels(size, np.random.SeedSequence(seed, spawn_key=(5, h)), heads=h)
+            squared = ((draws - target) ** 2).sum(axis=(1, 2)) / s ** 2
+            mean = draws.mean(axis=0)
+            noise = draws.var(axis=0, ddof=1) / size + target_se ** 2  # per entry: Var of mean − K_∞
+            rows.append(dict(heads=h, seed=seed, depth=model.depth, mse=squared.mean(),
+                             mse_se=squared.std(ddof=1) / math.sqrt(size),
+                             variance=draws.var(axis=0, ddof=1).sum() / s ** 2,
+                             bias=float(np.linalg.norm(mean - target) / s), bias_se=float(np.sqrt(noise.sum()) / s),
+                             seconds=time.perf_counter() - start))
+    return pd.DataFrame(rows)
+
+
 # ---- the decay exponent
 @dataclass(frozen=True)
 class RateFit:
-    """KL ≈ C · x^(−exponent), fitted by weighted least squares on log–log points above 3 SE."""
+    """KL (or `value`) ≈ C · x^(−exponent), fitted by weighted least squares on log–log points above 3 SE."""
 
     exponent: float
     se: float
     ci: tuple[float, float]
     intercept: float  # log C
-    points: pd.DataFrame  # per x: kl mean, se, used
+    points: pd.DataFrame  # per x: the mean of `value`, its se, used
     against: str
+    value: str = "kl"
 
     def predict(self, x) -> np.ndarray:
         return np.exp(self.intercept) * np.asarray(x, dtype=float) ** (-self.exponent)
 
     def __str__(self) -> str:
         used = int(self.points["used"].sum())
-        return (f"KL ∝ {self.against}^(−{self.exponent:.3f}), 95% CI [{self.ci[0]:.3f}, {self.ci[1]:.3f}] "
+        label = "KL" if self.value == "kl" else self.value
+        return (f"{label} ∝ {self.against}^(−{self.exponent:.3f}), 95% CI [{self.ci[0]:.3f}, {self.ci[1]:.3f}] "
                 f"({used} of {len(self.points)} points above 3 SE)")
 
 
-def summarize(df: pd.DataFrame, against: str = "width", min_snr: float = 3.0) -> pd.DataFrame:
-    """Per value of `against`: KL mean over seeds, its SE (the larger of the spread over seeds and the estimators'
-    own SE), and `used` = mean above `min_snr` SE (otherwise the point is a bound, not a value)."""
-    needed = {against, "kl", "se"}
+def summarize(df: pd.DataFrame, against: str = "width", min_snr: float = 3.0, value: str = "kl",
+              se: str = "se") -> pd.DataFrame:
+    """Per value of `against`: the mean of `value` over seeds, its SE (the larger of the spread over seeds and the
+    estimators' own SE, column `se`), and `used` = mean above `min_snr` SE (otherwise the point is a bound)."""
+    needed = {against, value, se}
     if not isinstance(df, pd.DataFrame) or not needed.issubset(df.columns):
         raise ProgramError(f"expected a DataFrame with columns {sorted(needed)}")
     points = []
     for x, group in df.groupby(against):
         count = len(group)
-        own = np.nan_to_num(group["se"].to_numpy(float), nan=0.0)
-        spread = group["kl"].std(ddof=1) / math.sqrt(count) if count > 1 else 0.0
-        se = max(spread, math.sqrt(np.mean(own ** 2) / count))
-        mean = group["kl"].mean()
-        points.append({against: float(x), "kl": mean, "se": se, "used": bool(se > 0 and mean > min_snr * se)})
+        own = np.nan_to_num(group[se].to_numpy(float), nan=0.0)
+        spread = group[value].std(ddof=1) / math.sqrt(count) if count > 1 else 0.0
+        point_se = max(spread, math.sqrt(np.mean(own ** 2) / count))
+        mean = group[value].mean()
+        points.append({against: float(x), value: mean, "se": point_se,
+                       "used": bool(point_se > 0 and mean > min_snr * point_se)})
     return pd.DataFrame(points)
 
 
-def fit_rate(df: pd.DataFrame, against: str = "width", min_snr: float = 3.0, level: float = 0.95) -> RateFit:
-    """Decay exponent of KL in `against` (width or heads) with a `level` confidence interval.
+def fit_rate(df: pd.DataFrame, against: str = "width", min_snr: float = 3.0, level: float = 0.95,
+             value: str = "kl", se: str = "se") -> RateFit:
+    """Decay exponent of KL (or of another positive column `value` with standard errors `se`) in `against` (width
+    or heads) with a `level` confidence interval.
 
     Seeds are averaged per point; a point's SE is the larger of the spread over seeds and the estimators' own SE;
     only points whose mean exceeds `min_snr` SE enter the fit (the others are bounds, not values). The interval is
     t-based on the weighted residuals when there are more than two points, normal on the known SEs otherwise.
     """
-    points = summarize(df, against, min_snr)
+    points = summarize(df, against, min_snr, value, se)
     used = points[points["used"] & np.isfinite(points[against])]
     if len(used) < 2:
-        raise ProgramError(f"fit_rate: only {len(used)} point(s) have KL above {min_snr} SE; nothing to fit "
+        raise ProgramError(f"fit_rate: only {len(used)} point(s) have {value} above {min_snr} SE; nothing to fit "
                            "(more samples per point, or the mixture/coupled estimator)")
     x = np.log(used[against].to_numpy())
-    y = np.log(used["kl"].to_numpy())
-    w = (used["kl"].to_numpy() / used["se"].to_numpy()) ** 2  # 1 / Var(log KL) by the delta method
+    y = np.log(used[value].to_numpy())
+    w = (used[value].to_numpy() / used["se"].to_numpy()) ** 2  # 1 / Var(log KL) by the delta method
     xm = np.sum(w * x) / np.sum(w)
     slope = np.sum(w * (x - xm) * (y - np.sum(w * y) / np.sum(w))) / np.sum(w * (x - xm) ** 2)
     intercept = np.sum(w * (y - slope * x)) / np.sum(w)
@@ -225,8 +272,8 @@ def fit_rate(df: pd.DataFrame, against: str = "width", min_snr: float = 3.0, lev
         q = stats.t.ppf(0.5 + level / 2, dof)
     else:
         q = stats.norm.ppf(0.5 + level / 2)
-    se = math.sqrt(var)
-    return RateFit(-slope, se, (-slope - q * se, -slope + q * se), intercept, points, against)
+    slope_se = math.sqrt(var)
+    return RateFit(-slope, slope_se, (-slope - q * slope_se, -slope + q * slope_se), intercept, points, against, value)
 
 
 # ---- execution
@@ -331,13 +378,13 @@ def _target(layer_or_program, variables, where: str):
         if layer_or_program.infinite_heads:
             raise ProgramError(f"{where}: a layer with infinitely many heads has no finite width; use kl_vs_heads")
         program, default = layer_or_program.program, layer_or_program.outputs[:1]
-    elif isinstance(layer_or_program, Network):
+    elif isinstance(layer_or_program, (Network, Transformer)):
         program, default = layer_or_program.program, layer_or_program.outputs[:1]
     elif isinstance(layer_or_program, netsor.Program):
         program, default = layer_or_program, None
     else:
-        raise ProgramError(f"{where}: expected an AttentionLayer, a Network or a netsor Program, got "
-                           f"{type(layer_or_program).__name__}")
+        raise ProgramError(f"{where}: expected an AttentionLayer, a Network, a Transformer or a netsor Program, "
+                           f"got {type(layer_or_program).__name__}")
     if variables is None:
         if default is None:
             raise ProgramError(f"{where}: name the variables to compare (a Program has no default output)")
@@ -389,4 +436,4 @@ def _positions(outputs, count: int) -> list[int]:
     return [int(o) for o in outputs]
 
 
-__all__ = ["kl_vs_width", "kl_vs_heads", "fit_rate", "summarize", "RateFit", "KLTask", "run_task"]
+__all__ = ["kl_vs_width", "kl_vs_heads", "kernel_vs_heads", "fit_rate", "summarize", "RateFit", "KLTask", "run_task"]
