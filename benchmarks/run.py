@@ -21,10 +21,11 @@ import numba  # noqa: E402
 import numpy  # noqa: E402
 import scipy  # noqa: E402
 
-from benchmarks import attention, dense, exact, kl_sweep  # noqa: E402
+from benchmarks import attention, dense, exact, kl_sweep, lazy  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-SUITES = {"dense": dense.run, "attention": attention.run, "exact": exact.run, "kl_sweep": kl_sweep.run}
+SUITES = {"dense": dense.run, "attention": attention.run, "exact": exact.run, "lazy": lazy.run,
+          "kl_sweep": kl_sweep.run}
 
 
 def machine() -> dict:

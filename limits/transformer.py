@@ -33,11 +33,13 @@ WHERE = "transformer"
 
 @dataclass(frozen=True)
 class TransformerBlock:
-    """The nodes of one block: scores[h][i][j], attention[h][i][j], the stream after the attention branch and at
-    the end of the block (s vectors each)."""
+    """The nodes of one block: scores[h][i][j], attention[h][i][j], head_outputs[h][i] = o^h_i (the head's
+    projected output, before the 1/sqrt(H) sum), the stream after the attention branch and at the end of the
+    block (s vectors each)."""
 
     scores: tuple
     attention: tuple
+    head_outputs: tuple
     after_attention: tuple
     output: tuple
 
@@ -176,7 +178,8 @@ def transformer(depth: int = 2, seq_len: int = 4, heads: int = 2, head_dim: int 
                                                              name=f"z^{layer}_{i}"), c, name=f"x^{layer}_{i}")
                        for i, x in enumerate(xs, 1))
         kernels.append(_kernel_nodes(xs, layer))
-        blocks.append(TransformerBlock(tuple(scores), tuple(attention), after_attention, tuple(xs)))
+        blocks.append(TransformerBlock(tuple(scores), tuple(attention), tuple(tuple(o) for o in head_outputs),
+                                       after_attention, tuple(xs)))
     pooled = netsor.mean_pool(xs, name="pool")
     f = netsor.matmul(prog.matrix("Wout"), pooled, name="f")
     return Transformer(prog, tuple(tokens), tuple(blocks), pooled, (f,), tuple(kernels), depth, seq_len, heads, head_dim, score_exponent,

@@ -55,3 +55,29 @@ def test_mlp_weight_variance_normalises_the_branch(phi, second_moment):
 def test_bad_arguments_are_program_errors(options, message):
     with pytest.raises(netsor.ProgramError, match=message):
         transformer(**options)
+
+
+def test_the_program_limit_is_the_compiled_nested_sampler():
+    """Two derivations of the nested limit: netsor.limit on the program, and the kernel-level recursion with
+    random scores. Their laws of the final kernel and of the output variance agree; one head instead of two
+    (a law with the same mean and twice the spread) is rejected by the same test."""
+    model = transformer(depth=2, seq_len=3, heads=2)
+    law = model.law()
+    entries = [model.kernels[-1][0][0], model.kernels[-1][0][1]]
+    from_program = law.sample_scalars(entries, 8000, seed=1)
+    compiled = model.nested_kernels(8000, seed=2)
+    one_head = model.nested_kernels(8000, seed=3, heads=1)
+    for j, (a, b) in enumerate([(0, 0), (0, 1)]):
+        assert stats.ks_2samp(from_program[:, j], compiled[:, a, b]).pvalue > 1e-3
+        assert stats.ks_2samp(from_program[:, j], one_head[:, a, b]).pvalue < 1e-8
+    output_variance = law.conditional_cov(model.outputs, 8000, seed=4)[:, 0, 0]
+    assert stats.ks_2samp(output_variance, compiled.mean(axis=(1, 2))).pvalue > 1e-3
+
+
+def test_residual_kernel_error_falls_like_one_over_heads():
+    from limits import fit_rate, kernel_vs_heads
+    table = kernel_vs_heads([1, 4, 16], depth=4, size=4000, recursion_samples=1 << 17, seq_len=3)
+    fit = fit_rate(table, against="heads", value="mse", se="mse_se")
+    assert abs(fit.exponent - 1.0) < 0.15, fit
+    # mean squared error = (biased) variance + bias², entry by entry
+    np.testing.assert_allclose(table["mse"], table["variance"] * (4000 - 1) / 4000 + table["bias"] ** 2, rtol=1e-9)
