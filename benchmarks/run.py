@@ -21,11 +21,11 @@ import numba  # noqa: E402
 import numpy  # noqa: E402
 import scipy  # noqa: E402
 
-from benchmarks import attention, dense, exact, kl_sweep, lazy  # noqa: E402
+from benchmarks import attention, dense, exact, kl_sweep, lazy, nested_limit  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 SUITES = {"dense": dense.run, "attention": attention.run, "exact": exact.run, "lazy": lazy.run,
-          "kl_sweep": kl_sweep.run}
+          "nested_limit": nested_limit.run, "kl_sweep": kl_sweep.run}
 
 
 def machine() -> dict:
@@ -42,16 +42,27 @@ def machine() -> dict:
                 date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
 
 
+def previous_rows(keep: set) -> list[dict]:
+    """Rows of the suites in `keep` from the last results.json, so a partial run (--only) keeps the others."""
+    try:
+        saved = json.loads((HERE / "results.json").read_text())
+    except (OSError, ValueError):
+        return []
+    date = saved.get("machine", {}).get("date", "earlier run")
+    return [dict(r, run=r.get("run", date)) for r in saved.get("results", []) if r.get("suite") in keep]
+
+
 def write(rows: list[dict], info: dict) -> None:
     (HERE / "results.json").write_text(json.dumps(dict(machine=info, results=rows), indent=2) + "\n")
     lines = ["# Benchmark results", "",
              "Written by `python -m benchmarks`; every ratio is against a baseline timed in the same run.", "",
              f"Machine: {info['cpu']}, {info['cores']} cores; {info['system']}; Python {info['python']}, "
              f"numpy {info['numpy']}, scipy {info['scipy']}, numba {info['numba']}; run {info['date']}.", "",
-             "| benchmark | case | value | baseline | ratio |", "|---|---|---|---|---|"]
+             "| benchmark | case | value | baseline | ratio | run |", "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['benchmark']} | {r['case']} | {r['value']:.4g} {r['unit']} | "
-                     f"{r['baseline']:.4g} {r['unit']} ({r['baseline_name']}) | {r['ratio']:.3g}× |")
+                     f"{r['baseline']:.4g} {r['unit']} ({r['baseline_name']}) | {r['ratio']:.3g}× | "
+                     f"{r.get('run', info['date'])} |")
     notes = [r["note"] for r in rows if r.get("note")]
     if notes:
         lines += ["", *[f"- {n}" for n in notes]]
@@ -63,14 +74,18 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true", help="small cases only (a smoke run)")
     parser.add_argument("--only", nargs="+", choices=sorted(SUITES), help="run only these suites")
     args = parser.parse_args(argv)
-    rows = []
-    for name in args.only or SUITES:
+    info = machine()
+    chosen = args.only or list(SUITES)
+    # a partial run keeps the other suites' last results, each row marked with the run it comes from
+    rows = [] if args.quick else previous_rows(set(SUITES) - set(chosen))
+    for name in chosen:
         print(f"running {name} ...", flush=True)
         for row in SUITES[name](quick=args.quick):
             print(f"  {row['case']}: {row['value']:.4g} {row['unit']}  ({row['ratio']:.3g}× {row['baseline_name']})",
                   flush=True)
-            rows.append(row)
-    write(rows, machine())
+            rows.append(dict(row, suite=name, run=info["date"]))
+    rows.sort(key=lambda r: list(SUITES).index(r["suite"]) if r.get("suite") in SUITES else len(SUITES))
+    write(rows, info)
     print(f"wrote {HERE / 'RESULTS.md'}")
 
 
