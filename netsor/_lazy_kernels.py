@@ -9,9 +9,12 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from ._compiled import PIVOT_RTOL
+from ._compiled import PIVOT_RTOL, _cholesky_into
 
 _JIT = dict(nogil=True, cache=True)
+
+
+ROW_CHUNK = 256  # rows whose normals are drawn before they are combined: the combination then vectorises
 
 
 @numba.njit(fastmath=True, **_JIT)
@@ -27,34 +30,6 @@ def _gram_into(X, s, scale, gram):
             gram[j, i] = scale * acc
 
 
-@numba.njit(**_JIT)
-def _semidefinite_cholesky(cov, out):
-    """Lower-triangular L with L Lᵀ = cov (PSD); a pivot below PIVOT_RTOL·max diag zeroes its column, so repeated
-    or linearly dependent arguments are factored exactly (as netsor._compiled.semidefinite_cholesky_rows)."""
-    k = cov.shape[0]
-    scale = 0.0
-    for i in range(k):
-        scale = max(scale, cov[i, i])
-    floor = PIVOT_RTOL * scale
-    out[:, :] = 0.0
-    for j in range(k):
-        pivot = cov[j, j]
-        for m in range(j):
-            pivot -= out[j, m] * out[j, m]
-        if pivot <= floor:
-            continue
-        root = np.sqrt(pivot)
-        out[j, j] = root
-        for i in range(j + 1, k):
-            acc = cov[i, j]
-            for m in range(j):
-                acc -= out[i, m] * out[j, m]
-            out[i, j] = acc / root
-
-
-ROW_CHUNK = 256  # rows whose normals are drawn before they are combined: the combination then vectorises
-
-
 @numba.njit(fastmath=True, **_JIT)
 def add_gaussian_rows(rng, X, scale, out):
     """out[s] += L_s Z_s for every network s: L_s L_sᵀ = scale · X[s] X[s]ᵀ, Z_s ∈ R^{k×rows} iid N(0, 1) drawn
@@ -65,7 +40,7 @@ def add_gaussian_rows(rng, X, scale, out):
     z = np.empty((k, ROW_CHUNK))
     for s in range(S):
         _gram_into(X, s, scale, gram)
-        _semidefinite_cholesky(gram, factor)
+        _cholesky_into(gram, factor, PIVOT_RTOL)
         for start in range(0, rows, ROW_CHUNK):
             stop = min(rows, start + ROW_CHUNK)
             for r in range(stop - start):
