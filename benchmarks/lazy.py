@@ -8,7 +8,6 @@ import os
 
 import netsor
 from limits import transformer
-from netsor.finite_width import block_size
 
 from .timing import rate
 
@@ -24,7 +23,7 @@ def run(quick: bool = False) -> list[dict]:
     rows = []
     for width in WIDTHS[:1] if quick else WIDTHS:
         # whole blocks for every core: dense draws a full block of networks whatever the count asked
-        dense_count = block_size(net.program, width) * cores
+        dense_count = netsor.dense_block_size(net.program, width) * cores
         dense = rate(lambda: netsor.simulate(net.program, width, readout, dense_count, seed=0, method="dense"),
                      dense_count)
         lazy_count = max(256, (1 << 19) // width)

@@ -33,8 +33,8 @@ from scipy.spatial import cKDTree
 from scipy.special import logsumexp
 
 from netsor import ProgramError
-from netsor.exact import CoupledDraws
-from netsor.kernels import tensor_hermite_rule
+from netsor import CoupledDraws, GaussianLaw
+from netsor.quadrature import tensor_hermite_rule
 
 SAMPLE_METHODS = ("kde", "fftkde", "knn")
 COMPONENT_METHODS = ("mixture", "coupled")
@@ -78,7 +78,7 @@ def kl(finite, limit=None, method: str = "mixture", **options) -> KLEstimate:
 
     Sample methods ("kde", "fftkde", "knn"): `finite` and `limit` are draws, (N,) or (N, k).
     "mixture": each is the law's Gaussian components — variances (M,), covariances (M, k, k), a (means, covs)
-    pair, or a `netsor.gaussian.GaussianLaw` (one component).
+    pair, or a `netsor.GaussianLaw` (one component).
     "coupled": `finite` is a `netsor.CoupledDraws` (limit omitted), or two equally long paired component arrays.
     Options: kde grid_points; fftkde grid_points; knn k; mixture/coupled bins, eval_components,
     density_components, order.
@@ -129,7 +129,6 @@ def _samples(x, name: str) -> np.ndarray:
 
 def _components(x, name: str) -> tuple[np.ndarray, np.ndarray]:
     """(means (M, k), covariances (M, k, k)) of a Gaussian mixture given as described in `kl`."""
-    from netsor.gaussian import GaussianLaw
     if isinstance(x, GaussianLaw):
         return x.mean[None], x.cov[None]
     if isinstance(x, tuple) and len(x) == 2:

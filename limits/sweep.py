@@ -24,8 +24,7 @@ from scipy import stats
 
 import netsor
 from netsor import ProgramError
-from netsor.exact import reducible
-from netsor.gaussian import GaussianLaw
+from netsor import GaussianLaw
 
 from .attention import AttentionLayer, attention_layer
 from .builders import Network
@@ -90,9 +89,8 @@ def run_task(task: KLTask) -> dict:
             finite = law.conditional_moments(variables, task.size, finite_seed)
         else:
             # exact Gram draws where the program reduces to them, else the lazy O(n) interpreter (deep stacks)
-            method = "exact" if reducible(task.program, variables) else "lazy"
             finite = netsor.simulate_with_moments(task.program, task.width, variables, task.size, finite_seed,
-                                                  method=method)[1:]
+                                                  method="auto")[1:]
         reference = task.reference or law.conditional_moments(variables, task.size, ss(2))
         estimate = kl(finite, reference, method="mixture", **options)
     else:

@@ -1,20 +1,71 @@
 """netsor: infinite-width limits of neural networks written as Netsor (Tensor Programs) programs.
 
-Write a program, then ask for its infinite-width law (`limit`) or its finite-width law (`simulate`)."""
+Write a program, then ask for its infinite-width law (`limit`) or its finite-width law (`simulate`).
+
+Layout (each layer uses only the ones above it):
+    netsor.errors, netsor.random       the one exception; random streams keyed by (seed, block, stream)
+    netsor.compiled                    numba primitives: per-sample linear algebra, softmax, normals, χ², Bartlett
+    netsor.ir                          the language: program, nonlinearities (with their closed forms), layers,
+                                       the shared semantics of derived nodes
+    netsor.limit                       the infinite-width semantics: structure, calculus, Law, GaussianLaw,
+                                       quadrature, symbolic printing
+    netsor.finite                      finite-width interpreters: dense, lazy, exact (plan, fronts, block, fused
+                                       linear kernel), coupled draws, the block runner, `simulate`
+    netsor.testing, netsor.quadrature  public helpers: covariance checks, Gaussian quadrature rules
+"""
+from . import compiled, quadrature, random, testing
 from .errors import ProgramError
-from .law import Law, limit
-from .layers import feedforward, layernorm, mean_pool, residual
-from .nonlinearities import Nonlinearity, clip, erf, from_sympy, gelu, identity, relu, square, tanh
-from .program import (Dot, Input, LinComb, MatMul, Matrix, Moment, Node, Nonlin, Program, Scalar, ScalarFn,
-                      SoftmaxEntry, Vector, dot, lincomb, matmul, moment, nonlin, scalar_fn, softmax)
-from .exact import CoupledDraws, simulate_coupled
-from .finite_width import simulate, simulate_with_moments
+from .finite.coupled import CoupledDraws, simulate_coupled
+from .finite.dense import block_size as dense_block_size
+from .finite.simulate import simulate, simulate_with_moments
+from .ir.layers import feedforward, layernorm, mean_pool, residual
+from .ir.nonlinearities import (
+                                Clip,
+                                LeakyRelu,
+                                Nonlinearity,
+                                clip,
+                                erf,
+                                from_sympy,
+                                gelu,
+                                identity,
+                                leaky_relu,
+                                relu,
+                                square,
+                                tanh,
+)
+from .ir.program import (
+                                Dot,
+                                Input,
+                                LinComb,
+                                MatMul,
+                                Matrix,
+                                Moment,
+                                Node,
+                                Nonlin,
+                                Program,
+                                Scalar,
+                                ScalarFn,
+                                SoftmaxEntry,
+                                Vector,
+                                check_covariance,
+                                dot,
+                                lincomb,
+                                matmul,
+                                moment,
+                                nonlin,
+                                scalar_fn,
+                                softmax,
+)
+from .limit.gaussian import GaussianLaw
+from .limit.law import Law, limit
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ProgramError", "Program", "Node", "Vector", "Scalar", "Matrix", "Input", "MatMul", "Nonlin", "LinComb",
     "Moment", "Dot", "ScalarFn", "SoftmaxEntry", "matmul", "nonlin", "lincomb", "moment", "dot", "scalar_fn",
-    "softmax", "limit", "Law", "simulate", "simulate_with_moments", "simulate_coupled", "CoupledDraws", "Nonlinearity", "identity",
-    "relu", "erf", "tanh", "gelu", "square", "clip", "from_sympy", "layernorm", "residual", "feedforward", "mean_pool",
+    "softmax", "check_covariance", "limit", "Law", "GaussianLaw", "simulate", "simulate_with_moments",
+    "simulate_coupled", "CoupledDraws", "dense_block_size", "Nonlinearity", "Clip", "LeakyRelu", "identity", "relu", "erf", "tanh",
+    "gelu", "square", "clip", "leaky_relu", "from_sympy", "layernorm", "residual", "feedforward", "mean_pool",
+    "compiled", "quadrature", "random", "testing",
 ]

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from scipy import integrate, special
 
+import netsor
 from limits import transformer_limit as tl
 from netsor import ProgramError
-from netsor._random import stream
+from netsor.random import stream
 from netsor.testing import two_sample_cov_check
 
 # Four tokens with strong, unequal correlations (so the score law's covariance matters) and unequal norms
@@ -168,6 +169,42 @@ def test_mlp_closed_forms_and_weights():
     for value in (0.99999, -0.99999):
         pair = np.array([[1.0, value], [value, 1.0]])
         assert abs(tl.mlp_kernel(pair, "clip(1)")[0, 1] - dblquad_product(*PHIS["clip(1)"], value)) < 1e-10
+
+
+def test_mlp_kernel_agrees_with_netsor_closed_forms_and_limit():
+    """The compiled kernels' numba closed forms (relu, erf) are twins of netsor's registered ones, and their
+    Gauss–Hermite rule (tanh, gelu) agrees with netsor's quadrature limit within the documented error (≤ 3e-9
+    tanh, ≤ 1e-15 gelu) plus netsor's own error bound."""
+    rhos = np.concatenate([np.linspace(-1, 1, 41), [-0.99999, 0.99999]])
+    for phi in (netsor.relu, netsor.erf, netsor.identity):
+        closed_form = phi.closed_form_product(phi)
+        for value in rhos:
+            pair = np.array([[1.0, value], [value, 1.0]])
+            ours = tl.mlp_kernel(pair, phi)
+            assert abs(ours[0, 1] - float(closed_form(1.0, 1.0, value))) < 1e-12, (phi, value)
+            assert abs(ours[0, 0] - float(closed_form(1.0, 1.0, 1.0))) < 1e-12
+        assert tl.mlp_kernel(np.eye(2), phi.name)[0, 0] == tl.mlp_kernel(np.eye(2), phi)[0, 0]  # name = object
+    for phi, documented in ((netsor.tanh, 3e-9), (netsor.gelu, 1e-15)):
+        for value in (-0.99999, -0.9, -0.5, 0.0, 0.3, 0.7, 0.95, 0.99999):
+            program = netsor.Program()
+            u, v = program.inputs(2, cov=[[1.0, value], [value, 1.0]])
+            kernel, error = netsor.limit(program).kernel([netsor.nonlin(phi, u), netsor.nonlin(phi, v)], error=True)
+            ours = tl.mlp_kernel(np.array([[1.0, value], [value, 1.0]]), phi)
+            assert abs(ours[0, 1] - kernel[0, 1]) <= documented + error[0, 1] + 1e-15, (phi, value)
+            assert abs(ours[0, 0] - kernel[0, 0]) <= error[0, 0] + 1e-15  # E[φ(Z)²] is netsor's limit
+
+
+def test_mlp_accepts_netsor_nonlinearities_and_rejects_those_without_a_compiled_kernel():
+    for phi, name in ((netsor.clip(1.0), "clip(1)"), (netsor.gelu, "gelu")):
+        np.testing.assert_array_equal(tl.sample_kernels(K0, 2, 2, mlp=phi, size=20, seed=1),
+                                      tl.sample_kernels(K0, 2, 2, mlp=name, size=20, seed=1))
+    relu_named = netsor.Nonlinearity("relu", lambda x: np.maximum(x, 0.0))  # a user's φ: never matched by name
+    for bad in (netsor.leaky_relu(0.1), "leaky_relu(0.1)", netsor.square, "square", relu_named,
+                lambda x: np.maximum(x, 0.0)):
+        with pytest.raises(ProgramError, match="mlp"):
+            tl.sample_kernels(K0, 2, 2, mlp=bad, size=10, seed=0)
+        with pytest.raises(ProgramError, match="mlp"):
+            tl.mlp_weight(bad)
 
 
 # ------------------------------------------------------------------------------------------ many heads

@@ -181,7 +181,7 @@ def test_coupled_refuses_a_front():
 
 def _front_draws(plan, width, seed, size):
     """Row 0 and the Gram of a one-layer front, as FrontLayer.sample draws them: a few features of each."""
-    from netsor._random import seed_sequence
+    from netsor.random import seed_sequence
     row0, gram = plan.layer.sample(seed_sequence(seed), 0, width, size)
     return np.column_stack([row0[:, 0], row0[:, 1], gram[:, 0, 0], gram[:, 0, 1], gram[:, 1, 2], gram[:, 2, 2]])
 
@@ -191,12 +191,12 @@ def test_clip_front_from_its_gram_matches_the_streamed_front(monkeypatch, width,
     """clip(W^i h) from the Gram of W^i h, with explicit rows given that Gram (Haar frame) wherever a clip could
     act, against the rows streamed coordinate by coordinate. The widths and bounds mix both cases; drawing fresh
     rows instead of rows given the Gram fails this by many standard errors."""
-    from netsor import exact
+    from netsor.finite.exact import block, front, plan as exact_plan
     layer = attention_layer(seq_len=3, heads=1, inputs="paper", clip=clip)
-    plan = exact.ExactPlan(layer.program, list(layer.outputs))
-    monkeypatch.setattr(exact.FrontLayer, "streams", lambda self, width: True)
+    plan = exact_plan.ExactPlan(layer.program, list(layer.outputs))
+    monkeypatch.setattr(front.FrontLayer, "streams", lambda self, width: True)
     streamed = _front_draws(plan, width, 20, 50_000)
-    monkeypatch.setattr(exact.FrontLayer, "streams", lambda self, width: False)
+    monkeypatch.setattr(front.FrontLayer, "streams", lambda self, width: False)
     from_gram = _front_draws(plan, width, 21, 50_000)
     ks = [stats.ks_2samp(streamed[:, i], from_gram[:, i]).pvalue for i in range(streamed.shape[1])]
     assert min(ks) > 1e-3 / len(ks), ks
@@ -222,15 +222,15 @@ def _layer_program():
 
 @pytest.mark.parametrize("width", [4, 16])
 def test_streamed_front_matches_the_explicit_front_and_dense(width):
-    from netsor import exact
-    from netsor._random import seed_sequence
+    from netsor.finite.exact import block, front, plan as exact_plan
+    from netsor.random import seed_sequence
     prog, variables = _layer_program()
-    streamed = exact.ExactPlan(prog, variables)
+    streamed = exact_plan.ExactPlan(prog, variables)
     assert streamed.layer is not None and streamed.layer.streams(width)
-    explicit = exact.ExactPlan(prog, variables)
+    explicit = exact_plan.ExactPlan(prog, variables)
     explicit.layer = None  # node by node, every n-vector materialised
-    a = exact.simulate_exact_block(streamed, width, variables, seed_sequence(30), 0, 20_000)
-    b = exact.simulate_exact_block(explicit, width, variables, seed_sequence(31), 0, 20_000)
+    a = block.simulate_exact_block(streamed, width, variables, seed_sequence(30), 0, 20_000)
+    b = block.simulate_exact_block(explicit, width, variables, seed_sequence(31), 0, 20_000)
     ok, ks, moments = agree(a, b, 4)
     assert ok, (ks, moments)
     dense = netsor.simulate(prog, width, variables, 20_000, seed=32, method="dense")
@@ -253,15 +253,15 @@ def test_paper_front_is_deterministic_across_chunks_threads_and_sizes(clip):
 def test_fused_linear_kernel_is_the_step_by_step_path(kwargs, width):
     """The fused per-network kernel (LinearProgram) reads the same random streams as the step-by-step path:
     the same draws and conditional moments up to rounding, so the finite draws stay coupled to the limit path."""
-    from netsor import exact
+    from netsor.finite.exact import block, linear, plan as exact_plan
     layer = attention_layer(seq_len=4, heads=2, **kwargs)
     targets = list(layer.outputs) + [layer.scores[0][0][1], layer.attention[1][2][0]]
-    plan = exact.ExactPlan(layer.program, targets)
-    assert exact._linear_program(plan, width, targets) is not None
+    plan = exact_plan.ExactPlan(layer.program, targets)
+    assert linear._linear_program(plan, width, targets) is not None
     root = np.random.SeedSequence(21)
-    fused = exact.simulate_exact_block(plan, width, targets, root, 3, 300, moments=True)
+    fused = block.simulate_exact_block(plan, width, targets, root, 3, 300, moments=True)
     plan._cache[("linear", width, tuple(t.index for t in targets))] = None  # force the step-by-step path
-    steps = exact.simulate_exact_block(plan, width, targets, root, 3, 300, moments=True)
+    steps = block.simulate_exact_block(plan, width, targets, root, 3, 300, moments=True)
     for a, b in zip(fused, steps):
         np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-9)
 
@@ -270,14 +270,14 @@ def test_fused_linear_kernel_is_the_step_by_step_path(kwargs, width):
 def test_grams_without_row_zero_are_one_wishart_of_n_rows(show_rows):
     """Columns whose row 0 nothing reads (only dots of them are targets) get their Gram as one Wishart(n), with no
     row 0 drawn; with a vector target on them, as row 0 plus Wishart(n − 1). Both are the law of n-vector dots."""
-    from netsor import exact
-    from netsor.program import dot
+    from netsor.finite.exact import block, front, plan as exact_plan
+    from netsor import dot
     n, size = 3, 100_000
     prog = netsor.Program()
     x, y = prog.input("x"), prog.input("y")
     scalars = [dot(x, x, scale="linear"), dot(x, y, scale="linear")]
     targets = scalars + ([x, y] if show_rows else [])
-    plan = exact.ExactPlan(prog, targets)
+    plan = exact_plan.ExactPlan(prog, targets)
     assert any(plan.gram_only) != show_rows
     assert len(plan.row0_columns) == (plan.size if show_rows else 0)
     draws = netsor.simulate(prog, n, targets, size, seed=8, method="exact")

@@ -4,7 +4,8 @@ import pytest
 from scipy import integrate, stats
 
 import netsor
-from netsor import kernels
+from netsor.ir import nonlinearities
+from netsor.limit import quadrature
 
 C = np.array([[1.3, 0.7], [0.7, 0.8]])
 
@@ -32,7 +33,7 @@ def two_point_program(phi, cov=C):
 
 @pytest.mark.parametrize("name", ["tanh", "gelu"])
 def test_gauss_hermite_matches_scipy_quad_within_stated_bound(name):
-    phi = netsor.nonlinearities.BUILTINS[name].fn
+    phi = nonlinearities.BUILTINS[name].fn
     prog, a, b = two_point_program(name)
     law = netsor.limit(prog)
     kernel, bound = law.kernel([a, b], error=True)
@@ -70,22 +71,23 @@ def test_nested_quadrature_propagates_its_error_bound():
 def test_closed_forms_agree_with_quadrature(pair):
     fns = {"relu": lambda x: np.maximum(x, 0), "erf": netsor.erf.fn, "identity": lambda x: x}
     f, g = fns[pair[0]], fns[pair[1]]
-    closed = kernels.closed_form_product(pair[0], pair[1], C[0, 0], C[1, 1], C[0, 1])
+    phi, psi = (nonlinearities.BUILTINS[name] for name in pair)
+    closed = phi.closed_form_product(psi)(C[0, 0], C[1, 1], C[0, 1])
     integrand = lambda p: f(p[:, 0]) * g(p[:, 1])  # noqa: E731
-    quad = kernels.gaussian_expectation(integrand, C)
-    bound = 2 * abs(quad - kernels.gaussian_expectation(integrand, C, coarse=True))
+    quad = quadrature.gaussian_expectation(integrand, C)
+    bound = 2 * abs(quad - quadrature.gaussian_expectation(integrand, C, coarse=True))
     assert abs(closed - quad) <= bound + 1e-12  # the relu kink slows Gauss–Hermite; the stated bound covers it
     assert closed == pytest.approx(reference_2d(f, g, C), abs=1e-9)
 
 
 def test_relu_mean_and_degenerate_variance():
-    assert kernels.CLOSED_FORM_MEANS["relu"](2.0) == pytest.approx(np.sqrt(2.0 / (2 * np.pi)))
-    assert kernels.relu_relu(0.0, 1.0, 0.0) == 0.0
-    assert kernels.relu_relu(1.0, 1.0, 1.0) == pytest.approx(0.5)  # E[relu(u)²] = s/2
+    assert netsor.relu.closed_form_mean()(2.0) == pytest.approx(np.sqrt(2.0 / (2 * np.pi)))
+    assert nonlinearities.relu_relu(0.0, 1.0, 0.0) == 0.0
+    assert nonlinearities.relu_relu(1.0, 1.0, 1.0) == pytest.approx(0.5)  # E[relu(u)²] = s/2
 
 
 def test_singular_covariance_reduces_the_rule():
     cov = np.array([[1.0, 2.0], [2.0, 4.0]])  # v = 2u
-    value = kernels.gaussian_expectation(lambda p: np.tanh(p[:, 0]) * np.tanh(p[:, 1]), cov)
+    value = quadrature.gaussian_expectation(lambda p: np.tanh(p[:, 0]) * np.tanh(p[:, 1]), cov)
     assert value == pytest.approx(reference_1d(lambda u: np.tanh(u) * np.tanh(2 * u), 1.0), abs=1e-10)
-    assert kernels.gaussian_factor(cov).shape == (2, 1)
+    assert quadrature.gaussian_factor(cov).shape == (2, 1)

@@ -6,7 +6,7 @@ from scipy import stats
 
 import netsor
 from limits import attention_layer, transformer
-from netsor import lazy
+from netsor.finite import lazy
 from netsor.testing import two_sample_cov_check
 
 SIZE = 20_000

@@ -6,7 +6,7 @@ import pytest
 from scipy import integrate, special, stats
 
 import netsor
-from netsor.program import stable_softmax
+from netsor.ir.semantics import stable_softmax
 from netsor.testing import cov_check
 
 

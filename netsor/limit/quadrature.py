@@ -1,12 +1,7 @@
-"""Gaussian expectations E[φ(u) ψ(v)]: closed forms where they exist, Gauss–Hermite quadrature otherwise.
-
-Closed forms (u, v jointly Gaussian with variances s_uu, s_vv and covariance s_uv):
-    identity·identity  s_uv
-    relu·relu          sqrt(s_uu s_vv)/(2π) (sin θ + (π − θ) cos θ),  cos θ = s_uv / sqrt(s_uu s_vv)
-    erf·erf            (2/π) arcsin(2 s_uv / sqrt((1 + 2 s_uu)(1 + 2 s_vv)))
-    identity·φ         s_uv E[φ'(v)] (Stein):  relu → s_uv/2,  erf → s_uv · 2/sqrt(π (1 + 2 s_vv))
-    E[relu(v)] = sqrt(s_vv/(2π)),  E[erf(v)] = 0
-The closed forms take arrays: with random scalars in a program, covariances are one per sample.
+"""Gaussian expectations E[f(g)], g ~ N(0, Σ), where no closed form is registered (closed forms live with the
+nonlinearities, `netsor.ir.nonlinearities`): composite Gauss–Legendre in one effective dimension, tensor
+Gauss–Hermite rules up to six, Monte Carlo beyond, each with a coarse rule beside it for an error bound; and
+per-sample rules for conditional covariances, one per draw of the random scalars.
 """
 from __future__ import annotations
 
@@ -15,56 +10,7 @@ from functools import lru_cache
 
 import numpy as np
 
-
-def relu_relu(s_uu, s_vv, s_uv):
-    """Arc-cosine kernel of degree 1 (Cho & Saul); vectorised over arrays of covariances."""
-    s_uu, s_vv, s_uv = np.broadcast_arrays(*(np.asarray(a, dtype=float) for a in (s_uu, s_vv, s_uv)))
-    norm = np.sqrt(s_uu * s_vv)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        cos = np.clip(np.where(norm > 0, s_uv / np.where(norm > 0, norm, 1.0), 0.0), -1.0, 1.0)
-    theta = np.arccos(cos)
-    return norm / (2 * math.pi) * (np.sin(theta) + (math.pi - theta) * cos)
-
-
-def erf_erf(s_uu, s_vv, s_uv):
-    """Williams' arcsine kernel for erf."""
-    ratio = 2 * np.asarray(s_uv, float) / np.sqrt((1 + 2 * np.asarray(s_uu, float)) * (1 + 2 * np.asarray(s_vv, float)))
-    return 2 / math.pi * np.arcsin(np.clip(ratio, -1.0, 1.0))
-
-
-def identity_relu(s_uu, s_vv, s_uv):
-    return np.where(np.asarray(s_vv) > 0, 0.5 * np.asarray(s_uv, float), 0.0)
-
-
-def identity_erf(s_uu, s_vv, s_uv):
-    return np.asarray(s_uv, float) * 2 / np.sqrt(math.pi * (1 + 2 * np.asarray(s_vv, float)))
-
-
-# E[φ(u) ψ(v)] keyed by (name φ, name ψ); identity·identity is the covariance itself
-CLOSED_FORM_PRODUCTS = {
-    ("identity", "identity"): lambda s_uu, s_vv, s_uv: np.asarray(s_uv, float),
-    ("relu", "relu"): relu_relu,
-    ("erf", "erf"): erf_erf,
-    ("identity", "relu"): identity_relu,
-    ("identity", "erf"): identity_erf,
-}
-
-CLOSED_FORM_MEANS = {
-    "identity": lambda s: np.zeros_like(np.asarray(s, float)),
-    "relu": lambda s: np.sqrt(np.maximum(np.asarray(s, float), 0.0) / (2 * math.pi)),
-    "erf": lambda s: np.zeros_like(np.asarray(s, float)),
-    "square": lambda s: np.asarray(s, float) * 1.0,  # E[Z²] = Var Z: LayerNorm's moment is a kernel entry
-}
-
-
-def closed_form_product(phi: str, psi: str, s_uu, s_vv, s_uv):
-    """E[φ(u) ψ(v)] in closed form, or None when no closed form is known for the pair."""
-    if (phi, psi) in CLOSED_FORM_PRODUCTS:
-        return CLOSED_FORM_PRODUCTS[(phi, psi)](s_uu, s_vv, s_uv)
-    if (psi, phi) in CLOSED_FORM_PRODUCTS:
-        return CLOSED_FORM_PRODUCTS[(psi, phi)](s_vv, s_uu, s_uv)
-    return None
-
+from ..compiled.linalg import RANK_RTOL, semidefinite_cholesky
 
 # Tensor Gauss–Hermite orders per effective dimension, keeping the rule under ~10^6 nodes (numpy's rule is
 # stable to order 300).
@@ -93,7 +39,7 @@ def tensor_hermite_rule(order: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
     return grid, w
 
 
-def gaussian_factor(cov: np.ndarray, rtol: float = 1e-12) -> np.ndarray:
+def gaussian_factor(cov: np.ndarray, rtol: float = RANK_RTOL) -> np.ndarray:
     """F with F Fᵀ = cov and F of full column rank (rank-revealing eigendecomposition; cov may be singular)."""
     cov = np.atleast_2d(np.asarray(cov, dtype=float))
     vals, vecs = np.linalg.eigh((cov + cov.T) / 2)
@@ -159,8 +105,6 @@ def batched_gaussian_expectation(integrand, cov: np.ndarray) -> np.ndarray:
     """E[integrand(g)] for g ~ N(0, cov[:, :, b]) separately for every b; cov (d, d, B), integrand maps points
     (b, P, d) and the slice of samples they belong to to values (b, P). A tensor Gauss–Hermite rule through a
     per-sample semi-definite Cholesky factor."""
-    from ._compiled import semidefinite_cholesky
-
     d, _, B = cov.shape
     if d > max(BATCHED_ORDERS):
         raise ValueError(f"per-sample quadrature supports at most {max(BATCHED_ORDERS)} Gaussian dimensions, got {d}")

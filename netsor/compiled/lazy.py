@@ -9,7 +9,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from ._compiled import PIVOT_RTOL, _cholesky_into
+from .linalg import RANK_RTOL, cholesky_into
 
 _JIT = dict(nogil=True, cache=True)
 
@@ -40,7 +40,7 @@ def add_gaussian_rows(rng, X, scale, out):
     z = np.empty((k, ROW_CHUNK))
     for s in range(S):
         _gram_into(X, s, scale, gram)
-        _cholesky_into(gram, factor, PIVOT_RTOL)
+        cholesky_into(gram, factor, RANK_RTOL)
         for start in range(0, rows, ROW_CHUNK):
             stop = min(rows, start + ROW_CHUNK)
             for r in range(stop - start):

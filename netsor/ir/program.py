@@ -24,7 +24,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .errors import ProgramError
+from ..errors import ProgramError
 from .nonlinearities import Nonlinearity, as_nonlinearity
 
 WIDTH = "n"  # the dimension that grows
@@ -560,26 +560,6 @@ def softmax(scalars, name: str | None = None) -> tuple[Scalar, ...]:
     base = name or (f"softmax({scalars[0].name}..)" if len(scalars) > 1 else f"softmax({scalars[0].name})")
     return tuple(prog._add(SoftmaxEntry, prog._fresh(f"{base}[{j}]"), group=group, position=j)
                  for j in range(len(scalars)))
-
-
-def stable_softmax(scores: Sequence[np.ndarray]) -> np.ndarray:
-    """softmax over a list of k equally shaped arrays, as one (k, ...) array; the maximum is subtracted first so
-    no exp overflows, whatever the size of the scores."""
-    stacked = np.stack([np.asarray(p, dtype=float) for p in scores])
-    weights = np.exp(stacked - stacked.max(axis=0))
-    weights /= weights.sum(axis=0)
-    return weights
-
-
-def scalar_function_value(node: Scalar, value_of, cache: dict):
-    """The value of a ScalarFn or SoftmaxEntry from its arguments' values (`value_of`); the entries of one
-    softmax are evaluated together, once per `cache`. Shared by every interpreter."""
-    if isinstance(node, ScalarFn):
-        return np.asarray(node.fn(*(value_of(a) for a in node.args)), dtype=float)
-    key = ("softmax", id(node.group))
-    if key not in cache:
-        cache[key] = stable_softmax([value_of(p) for p in node.group.scores])
-    return cache[key][node.position]
 
 
 def moment(phi, *xs: Vector, name: str | None = None) -> Scalar:

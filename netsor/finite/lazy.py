@@ -30,18 +30,33 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._compiled import standard_normals
-from ._lazy_kernels import add_gaussian_rows
-from ._random import stream
-from .errors import ProgramError
-from .kernels import gaussian_factor
-from .program import (Dot, Input, LinComb, MatMul, Matrix, Moment, Node, Nonlin, Program, Scalar, ScalarFn,
-                      SoftmaxEntry, Vector, dim_size, scalar_function_value)
+from ..compiled.lazy import add_gaussian_rows
+from ..compiled.linalg import RANK_RTOL  # Gram eigenvalues below it are the rank deficiency, not data
+from ..compiled.wishart import standard_normals
+from ..errors import ProgramError
+from ..ir.program import (
+    Dot,
+    Input,
+    LinComb,
+    MatMul,
+    Matrix,
+    Moment,
+    Node,
+    Nonlin,
+    Program,
+    Scalar,
+    ScalarFn,
+    SoftmaxEntry,
+    Vector,
+    dim_size,
+)
+from ..ir.semantics import derived_value
+from ..limit.quadrature import gaussian_factor
+from ..random import stream
 
 LAZY_FLOATS = 1 << 22  # bound on the vector coordinates one block of networks holds (~32 MB)
 VECTOR_FLOATS = 1 << 13  # coordinates of one vector across a block: small enough to stay in cache between steps
 MAX_BLOCK = 4096  # networks per block at small widths, where the bounds above would allow more
-PINV_RTOL = 1e-12  # Gram eigenvalues below this fraction of the largest are the rank deficiency, not data
 INPUT_STREAM, BATCH_STREAM = 0, 1  # the first key of a block's streams after the block number
 
 _KINDS = (Input, Matrix, MatMul, Nonlin, LinComb, Moment, Dot, ScalarFn, SoftmaxEntry)
@@ -243,7 +258,7 @@ def project_out(A: np.ndarray, X: np.ndarray):
         return np.zeros((X.shape[0], 0, X.shape[1])), X
     gram = A @ A.transpose(0, 2, 1)
     values, vectors = np.linalg.eigh(gram)
-    keep = values > PINV_RTOL * np.maximum(values[:, -1:], 0.0)
+    keep = values > RANK_RTOL * np.maximum(values[:, -1:], 0.0)
     inverse = np.where(keep, 1.0 / np.where(keep, values, 1.0), 0.0)
     pinv = (vectors * inverse[:, None, :]) @ vectors.transpose(0, 2, 1)
     C = pinv @ (A @ X.transpose(0, 2, 1))
@@ -271,23 +286,7 @@ def _draw_batch(plan: LazyPlan, batch: Batch, rows: int, rng, values: dict, hist
 
 def _evaluate(node: Node, width: int, r: int, values: dict) -> np.ndarray:
     """A node other than an input or a MatMul, from its arguments' values: vectors (S, r), scalars (S,)."""
-    if isinstance(node, Nonlin):
-        return node.phi(*(values[a.index][:, :r] for a in node.args))
-    if isinstance(node, LinComb):
-        total = None
-        for c, a in zip(node.coeffs, node.args):
-            term = (values[c.index][:, None] if isinstance(c, Scalar) else c) * values[a.index][:, :r]
-            if total is None:
-                total = term
-            else:
-                total += term  # in place: one fresh array per combination, not one per term
-        return total
-    if isinstance(node, Moment):
-        return np.mean(node.phi(*(values[a.index] for a in node.args)), axis=1)
-    if isinstance(node, Dot):
-        a, b = node.args
-        return np.einsum("sr,sr->s", values[a.index], values[b.index]) / float(dim_size(a.dim, width)) ** node.exponent
-    return scalar_function_value(node, lambda a: values[a.index], values)  # ScalarFn, SoftmaxEntry
+    return derived_value(node, lambda a: values[a.index], width, values, rows=r)
 
 
 def simulate_lazy_block(plan: LazyPlan, width: int, root, block: int, count: int, moments: bool = False):

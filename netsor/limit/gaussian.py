@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
-from ._random import check_size, seed_sequence, stream
-from .errors import ProgramError
+from ..errors import ProgramError
+from ..random import check_size, seed_sequence, stream
 
 
 class GaussianLaw:

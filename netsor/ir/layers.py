@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import sympy
 
-from .errors import ProgramError
+from ..errors import ProgramError
 from .program import Matrix, Vector, lincomb, matmul, moment, nonlin, scalar_fn
 
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 import sympy
 
-from .errors import ProgramError
-from .program import WIDTH, Dot, Input, MatMul, Nonlin, Scalar, ScalarFn, SoftmaxEntry, Vector
+from ..errors import ProgramError
+from ..ir.program import WIDTH, Dot, Input, MatMul, Nonlin, Scalar, ScalarFn, SoftmaxEntry, Vector
 
 CONSTANTS = [sympy.sqrt(2), sympy.sqrt(3), sympy.pi]
 
@@ -72,7 +72,7 @@ class _Symbolic:
     def expansion(self, v: Vector) -> dict:
         if isinstance(v, (Input, MatMul)):
             return {v: sympy.Integer(1)}
-        if isinstance(v, Nonlin) and v.phi.name == "identity":
+        if isinstance(v, Nonlin) and v.phi.linear:
             return self.expansion(v.args[0])
         if isinstance(v, Nonlin):
             return {v: sympy.Integer(1)}

@@ -1,0 +1,14 @@
+"""Compiled (numba) primitives: per-sample linear algebra, random draws (normals, χ², Bartlett factors), and the
+kernels of exact and lazy sampling. The names below are public: `limits` builds its own kernels on them.
+
+RANK_RTOL is the one rank rule of every semidefinite factorisation: a pivot below RANK_RTOL × the largest diagonal
+entry is an exact zero. CODE_* are the integer codes (`Nonlinearity.code`) by which a compiled kernel applies a
+nonlinearity itself (CODE_NONE: no kernel does); they are owned by `netsor.ir.nonlinearities`."""
+from ..ir.nonlinearities import (CODE_CLIP, CODE_ERF, CODE_GELU, CODE_IDENTITY, CODE_LEAKY_RELU, CODE_NONE, CODE_RELU,
+                                 CODE_TANH)
+from .linalg import RANK_RTOL, cholesky_into, sample_gaussian, semidefinite_cholesky, softmax_columns, softmax_into
+from .wishart import bartlett_factor, chisquare, standard_normals
+
+__all__ = ["RANK_RTOL", "cholesky_into", "semidefinite_cholesky", "sample_gaussian", "softmax_columns",
+           "softmax_into", "bartlett_factor", "chisquare", "standard_normals", "CODE_NONE", "CODE_IDENTITY",
+           "CODE_RELU", "CODE_ERF", "CODE_TANH", "CODE_GELU", "CODE_CLIP", "CODE_LEAKY_RELU"]

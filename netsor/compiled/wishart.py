@@ -1,0 +1,93 @@
+"""Random draws compiled with numba: standard normals, χ² (numpy's algorithm), Bartlett factors of Wishart
+matrices."""
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+_JIT = dict(nogil=True, cache=True)
+
+
+@numba.njit(**_JIT)
+def standard_normals(rng, out):
+    """Fill `out` (any shape, C-contiguous) with standard normals from `rng`, in C order."""
+    flat = out.reshape(-1)
+    for i in range(flat.size):
+        flat[i] = rng.standard_normal()
+    return out
+
+
+PHI_IDENTITY, PHI_RELU, PHI_CLIP = 0, 1, 2  # the nonlinearities a front layer applies itself
+@numba.njit(inline="always", **_JIT)
+def _chi_constants(dof, M):
+    """Marsaglia–Tsang's constants (b, c) for χ²_{dof−i}, i < M, computed once per kernel call."""
+    bs = np.empty(M)
+    cs = np.empty(M)
+    for i in range(M):
+        bs[i] = (dof - i) / 2.0 - 1.0 / 3.0
+        cs[i] = 1.0 / np.sqrt(9.0 * bs[i]) if bs[i] > 0.0 else 0.0
+    return bs, cs
+
+
+@numba.njit(inline="always", **_JIT)
+def chisquare(rng, df, b, c):
+    """χ²_df from rng: numpy's algorithm and numbers (2·Gamma(df/2), Marsaglia–Tsang's squeeze for df > 2, with
+    b = df/2 − 1/3 and c = 1/sqrt(9b) from _chi_constants), without the per-call overhead of numba's
+    Generator.chisquare (under half the time at large df)."""
+    if df <= 2.0:
+        return rng.chisquare(df)
+    while True:
+        while True:
+            X = rng.standard_normal()
+            V = 1.0 + c * X
+            if V > 0.0:
+                break
+        V = V * V * V
+        U = rng.random()
+        if U < 1.0 - 0.0331 * (X * X) * (X * X):
+            return 2.0 * b * V
+        if np.log(U) < 0.5 * X * X + b * (1.0 - V + np.log(V)):
+            return 2.0 * b * V
+
+
+@numba.njit(**_JIT)
+def bartlett_wishart(rng_normal, rng_chi, dof, M, S, rows):
+    """(S, M, M) draws of Wishart(dof, I_M) = T Tᵀ (dof ≥ M): per network, the below-diagonal T_ij ~ N(0, 1) row
+    by row from rng_normal, then T_ii = sqrt(χ²_{dof−i}) from rng_chi (the order numpy's vectorised draws use).
+    rows (S, M), or (S, 0) for none: rows[s] rows[s]ᵀ is added (row 0 of the basis, drawn apart)."""
+    out = np.empty((S, M, M))
+    T = np.zeros((M, M))
+    extra = rows.shape[1] > 0
+    bs, cs = _chi_constants(dof, M)
+    for s in range(S):
+        for i in range(M):
+            for j in range(i):
+                T[i, j] = rng_normal.standard_normal()
+        for i in range(M):
+            T[i, i] = np.sqrt(chisquare(rng_chi, dof - i, bs[i], cs[i]))
+        for i in range(M):
+            for j in range(i + 1):
+                acc = 0.0
+                for k in range(j + 1):
+                    acc += T[i, k] * T[j, k]
+                if extra:
+                    acc += rows[s, i] * rows[s, j]
+                out[s, i, j] = acc
+                out[s, j, i] = acc
+    return out
+
+
+@numba.njit(**_JIT)
+def bartlett_factor(rng_normal, rng_chi, dof, M, S):
+    """(S, M, M) lower-triangular T with T Tᵀ ~ Wishart(dof, I_M) (dof ≥ M), drawn as bartlett_wishart does."""
+    T = np.zeros((S, M, M))
+    bs, cs = _chi_constants(dof, M)
+    for s in range(S):
+        for i in range(M):
+            for j in range(i):
+                T[s, i, j] = rng_normal.standard_normal()
+        for i in range(M):
+            T[s, i, i] = np.sqrt(chisquare(rng_chi, dof - i, bs[i], cs[i]))
+    return T
+
+

@@ -1,0 +1,223 @@
+"""One block of exact finite-width networks (or of coupled limit draws) from Grams and row 0."""
+from __future__ import annotations
+
+import numpy as np
+
+from ...compiled.linalg import softmax_columns
+from ...compiled.linear import add_scaled_at, bipartite_gram, sandwiches_at
+from ...compiled.wishart import standard_normals
+from ...errors import ProgramError
+from ...ir.program import WIDTH, Dot, Input, LinComb, MatMul, Matrix, Moment, Scalar, SoftmaxEntry, Vector
+from ...ir.semantics import derived_value, scalar_function_value
+from ...random import stream
+from .front import _draw_uses, _explicit_row_factor, _front_values, _row_factor, _wishart
+from .linear import _linear_program
+from .plan import ExactPlan, _linear_source
+
+
+def simulate_exact_block(plan: ExactPlan, width: int, targets, root, block: int, count: int,
+                         limit: bool = False, moments: bool = False):
+    """`count` networks of block `block`: coordinate 0 of each vector target, the value of each scalar target.
+
+    limit=True draws the n → ∞ law from the *same* random numbers (row 0 b₀ and Bartlett's below-diagonal
+    normals Ξ): G/n → I and (G − nI)/sqrt(n) → Ξ + Ξᵀ, so 1/sqrt(n) dots of disjoint supports become c_uᵀ(Ξ+Ξᵀ)c_v
+    and matrix row covariances σ² CᵀC. moments=True also returns the mean and covariance of the draws given
+    everything but the row-0 entries of free columns (those no Gram reads), (S, k) and (S, k, k).
+    """
+    M, S = plan.size, count
+    fused = None if limit else _linear_program(plan, width, targets)
+    if fused is not None:
+        out, weights, shift = fused.run(root, block, S, moments)
+        if not moments:
+            return out
+        return out, out - shift, np.einsum("skf,slf->skl", weights, weights)
+    if limit and plan.front:
+        raise ProgramError("coupled limit draws do not cover a nonlinear front yet; use inputs with a Gaussian law")
+    front, front_gram = {}, None
+    if plan.layer is not None:  # streamed: only the front columns' row 0 and Gram
+        front_row0, front_gram = plan.layer.sample(root, block, width, S)
+    elif plan.front:
+        front = _front_values(plan, width, root, block, S)
+        if plan.front_columns:
+            F = np.stack([front[idx] for _, idx in plan.front_columns], axis=2)
+            front_row0, front_gram = F[:, 0, :], np.einsum("sni,snj->sij", F, F)
+    b0 = np.zeros((S, M))  # row 0 of the basis, drawn where something reads it (zero elsewhere, never used)
+    b0[:, plan.row0_columns] = standard_normals(stream(root, block, 0), np.empty((S, len(plan.row0_columns))))
+    front_cols = {}  # basis column → its position among the front columns
+    for j, (col, _) in enumerate(plan.front_columns):
+        b0[:, col] = front_row0[:, j]
+        front_cols[col] = j
+    grams = []  # G = b₀b₀ᵀ + Wishart(n − 1) (Wishart(n) where b₀ is not read), kept within each component
+    for i, cols in enumerate(plan.components):
+        if not plan.read_components[i]:  # nothing reads this Gram
+            grams.append(None)
+            continue
+        dof = width if plan.gram_only[i] else width - 1  # b₀ = 0 on gram-only components
+        halves = plan.bipartite[i]
+        if halves is not None and (limit or dof >= len(halves[0])):  # only G_AB is read
+            A, B = halves
+            grams.append(bipartite_gram(stream(root, block, 1, i), stream(root, block, 7, i), stream(root, block, 2, i),
+                                        dof, A, B, np.ascontiguousarray(b0[:, cols]), limit))
+            continue
+        if limit:  # Ξ + Ξᵀ from the normals Bartlett puts below the diagonal
+            r = len(cols)
+            xi = np.zeros((S, r, r))
+            below = np.tril_indices(r, -1)
+            xi[:, below[0], below[1]] = standard_normals(stream(root, block, 1, i), np.empty((S, len(below[0]))))
+            grams.append(xi + xi.transpose(0, 2, 1))
+            continue
+        if int(cols[0]) in front_cols:  # explicit front vectors: their Gram, exactly
+            at = np.array([front_cols[int(c)] for c in cols])
+            grams.append(front_gram[:, at[:, None], at[None, :]])
+            continue
+        grams.append(_wishart(stream(root, block, 1, i), stream(root, block, 2, i), dof, len(cols), S,
+                              None if plan.gram_only[i] else np.ascontiguousarray(b0[:, cols])))
+    # c_v with v = B c_v, stored on v's static support plan.cols(v) only: (S, |support|)
+    coef: dict[int, np.ndarray] = {}
+    values: dict = {}
+
+    def coefficients(v: Vector) -> np.ndarray:
+        """c_v on the columns plan.cols(v), (S, |support|)."""
+        v = _linear_source(v)
+        if v.index in coef:
+            return coef[v.index]
+        if ("front", v.index) in plan.columns:
+            c = np.ones((S, 1))
+        elif isinstance(v, Input):
+            c = np.repeat(plan.factors[id(v.group)][v.position][None, :], S, axis=0)
+        elif isinstance(v, MatMul):
+            apply_matrix(v.matrix)
+            return coef[v.index]
+        else:
+            c = np.zeros((S, len(plan.cols(v))))
+            if isinstance(v, LinComb):
+                for k, arg in zip(v.coeffs, v.args):
+                    weight = scalar(k) if isinstance(k, Scalar) else np.full(1, float(k))
+                    add_scaled_at(c, coefficients(arg), weight, plan.within(v, arg))
+        coef[v.index] = c
+        return c
+
+    def full(v: Vector) -> np.ndarray:
+        """c_v on all M basis columns, (S, M)."""
+        c = np.zeros((S, M))
+        c[:, plan.cols(v)] = coefficients(v)
+        return c
+
+    def bilinear(u: Vector, v: Vector) -> np.ndarray:
+        """c_uᵀ G c_v per network, (S,), on the columns the two use (limit: c_uᵀ(Ξ+Ξᵀ)c_v)."""
+        iu, iv = plan.cols(u), plan.cols(v)
+        if len(iu) == 0 or len(iv) == 0:
+            return np.zeros(S)
+        component, lu, lv = plan.local(u, v)
+        left, right = coefficients(u)[:, None, :], coefficients(v)[:, None, :]
+        return sandwiches_at(left, grams[component], lu, lv, right)[0, 0]
+
+    def dot(s: Dot) -> np.ndarray:
+        if not limit:
+            pair = plan.dot_pair(s)
+            if pair is None:
+                return bilinear(*s.args) / float(width) ** s.exponent
+            Wu, Wv, i, j, u, v = pair
+            key = ("dots", Wu.index, Wv.index)
+            if key not in values:  # every (W_u a)·(W_v b) at once: L_u G L_vᵀ, kept (a, b, S)
+                component, iu, iv = plan.local(u, v)
+                values[key] = sandwiches_at(row_factor(Wu), grams[component], iu, iv, row_factor(Wv))
+            return values[key][i, j] / float(width) ** s.exponent
+        cu, cv = full(s.args[0]), full(s.args[1])
+        inner = np.einsum("sm,sm->s", cu, cv)  # the order-n part of G
+        if s.exponent == 1.0:
+            return inner
+        if np.any(np.abs(inner) > 1e-9 * np.sqrt(np.einsum("sm,sm->s", cu, cu) * np.einsum("sm,sm->s", cv, cv))):
+            raise ProgramError(f"{s.name} := {s.definition()}: E[Z^{s.args[0].name} Z^{s.args[1].name}] ≠ 0, so the "
+                               f"dot diverges as n → ∞ and has no coupled limit")
+        return bilinear(*s.args) if s.exponent == 0.5 else np.zeros(S)
+
+    def linear_row_factor(matrix: Matrix) -> np.ndarray:
+        """L with L Lᵀ = σ² CᵀGC/n (limit: σ² CᵀC), the row covariance of W applied to its width-n arguments."""
+        args = plan.args[matrix.index]
+        used = plan.cols(*args)
+        Cu = np.zeros((S, len(used), len(args)))
+        for j, a in enumerate(args):
+            Cu[:, plan.within(args, a), j] = coefficients(a)
+        if limit:
+            return _row_factor(matrix.var * np.einsum("smi,smj->sij", Cu, Cu))
+        component, local, _ = plan.local(args, args)
+        Ct = Cu.transpose(0, 2, 1)  # σ² CᵀGC/n is the sandwich Cᵀ G (Cᵀ)ᵀ; it comes network-last
+        congruence = sandwiches_at(Ct, grams[component], local, local, Ct).transpose(2, 0, 1)
+        return _row_factor(matrix.var / width * congruence)
+
+    def row_factor(matrix: Matrix) -> np.ndarray:
+        """linear_row_factor, shared by matrices of one variance applied to the same vectors (W_Q, W_K, W_V)."""
+        key = ("row factor", matrix.var, tuple(a.index for a in plan.args[matrix.index]))
+        if key not in values:
+            values[key] = linear_row_factor(matrix)
+        return values[key]
+
+    def apply_matrix(matrix: Matrix) -> None:
+        """All MatMuls by one matrix at once: W V = B_W Lᵀ with L Lᵀ the row covariance of W V."""
+        args = plan.args[matrix.index]
+        if matrix.shape[1] != WIDTH:  # from a fixed dimension: the Gram of the explicit rows, at any width
+            L = _explicit_row_factor(matrix, np.stack([small(a) for a in args], axis=2))
+        else:
+            L = row_factor(matrix)
+        position = {a.index: j for j, a in enumerate(args)}
+        for use in plan.uses[matrix.index]:
+            coef[use.index] = L[:, position[use.arg.index], :]
+
+    def small(v: Vector) -> np.ndarray:
+        """The N explicit rows (S, N) of a fixed-dimension vector."""
+        if v.index in front:
+            return front[v.index]
+        if v.index in values:
+            return values[v.index]
+        if isinstance(v, MatMul):  # rows iid N(0, σ² CᵀGC/n) (limit: σ² CᵀC), drawn for all uses at once
+            _draw_uses(plan, v.matrix, row_factor(v.matrix), stream(root, block, 5, v.matrix.index), v.dim,
+                       values)
+            return values[v.index]
+        out = derived_value(v, lambda a: scalar(a) if isinstance(a, Scalar) else small(a), width, values)
+        values[v.index] = out
+        return out
+
+    def scalar(s: Scalar) -> np.ndarray:
+        if s.index in front:
+            return front[s.index]
+        if s.index in values:
+            return values[s.index]
+        if isinstance(s, (Dot, Moment)) and s.args[0].dim != WIDTH:  # over a fixed dimension: its explicit rows
+            value = derived_value(s, small, width, values)
+        elif isinstance(s, Dot):
+            value = dot(s)
+        elif isinstance(s, SoftmaxEntry):  # the entries of one softmax at once
+            key = ("softmax", id(s.group))
+            if key not in values:
+                scores = s.group.scores
+                stacked = np.empty((len(scores), S))
+                for i, p in enumerate(scores):
+                    stacked[i] = scalar(p)
+                values[key] = softmax_columns(stacked)
+            value = values[key][s.position]
+        else:
+            value = scalar_function_value(s, scalar, values)
+        values[s.index] = value
+        return value
+
+    out = np.empty((S, len(targets)))
+    for j, t in enumerate(targets):
+        if isinstance(t, Scalar):
+            out[:, j] = scalar(t)
+        elif t.dim != WIDTH:
+            out[:, j] = small(t)[:, 0]
+        else:
+            out[:, j] = np.einsum("sm,sm->s", b0[:, plan.cols(t)], coefficients(t))
+    if not moments:
+        return out
+    # given everything else, the free columns' row-0 entries are iid N(0, 1): a Gaussian with these moments
+    free = plan.free_columns
+    weights = np.zeros((S, len(targets), len(free)))
+    for j, t in enumerate(targets):
+        if isinstance(t, Vector) and t.dim == WIDTH:
+            weights[:, j] = full(t)[:, free]
+    mean = out - np.einsum("skf,sf->sk", weights, b0[:, free])
+    return out, mean, np.einsum("skf,slf->skl", weights, weights)
+
+

@@ -1,0 +1,62 @@
+"""Argument checks and the block runner every finite-width interpreter uses: blocks of networks, each with
+its own random streams, run on a thread pool and written in order."""
+from __future__ import annotations
+
+import numbers
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from ..errors import ProgramError
+from ..ir.program import Program
+from ..random import check_size, seed_sequence
+
+
+def checked_arguments(where: str, program: Program, width, variables, size, seed, threads=None):
+    """The checks every finite-width entry point makes: (width, target nodes, size, root SeedSequence, threads)."""
+    if not isinstance(program, Program):
+        raise ProgramError(f"{where}: expected a netsor Program, got {type(program).__name__}")
+    width = check_width(width)
+    targets = program.resolve(variables, where)
+    size = check_size(size)
+    root = seed_sequence(seed)
+    if threads is not None:
+        threads = check_size(threads, "threads")
+    return width, targets, size, root, threads
+
+
+def check_width(width) -> int:
+    if isinstance(width, bool) or not isinstance(width, numbers.Integral) or width < 1:
+        raise ProgramError(f"simulate: width must be a positive integer, got {width!r}")
+    return int(width)
+
+
+def run_blocks_in_parts(work, size: int, block: int, shapes, threads) -> list[np.ndarray]:
+    """`_run_blocks` for work returning a tuple of arrays (count, *shapes[i]): one array (size, *shapes[i]) each."""
+    widths = [int(np.prod(shape)) for shape in shapes]
+
+    def flat(b):
+        return np.concatenate([part.reshape(b[2], -1) for part in work(b)], axis=1)
+
+    out = _run_blocks(flat, size, block, sum(widths), None, threads)
+    parts = np.split(out, np.cumsum(widths)[:-1], axis=1)
+    return [part.reshape((size,) + tuple(shape)) for part, shape in zip(parts, shapes)]
+
+
+def _run_blocks(work, size: int, block: int, columns: int, chunk_size, threads) -> np.ndarray:
+    """work((block index, start, count)) → (count, columns) for every block of networks, in parallel, written in
+    order into one array; chunk_size bounds how many networks are in flight at once."""
+    threads = threads or os.cpu_count() or 1
+    blocks = [(b, start, min(block, size - start)) for b, start in enumerate(range(0, size, block))]
+    # a chunk is a run of whole blocks; chunk_size only bounds memory
+    per_chunk = max(threads, (chunk_size or block * threads) // block)
+    out = np.empty((size, columns))
+    # our threads split the networks; BLAS threads on top of them only contend for the same cores
+    with ThreadPoolExecutor(max_workers=threads) as pool, threadpool_limits(1 if threads > 1 else None, "blas"):
+        for i in range(0, len(blocks), per_chunk):
+            chunk = blocks[i:i + per_chunk]
+            for (b, start, count), res in zip(chunk, pool.map(work, chunk)):
+                out[start:start + count] = res
+    return out

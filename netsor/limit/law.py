@@ -1,0 +1,431 @@
+"""The infinite-width law of a Netsor program: the master theorem, made hierarchical by random scalars.
+
+G-vars (inputs and MatMuls) have jointly Gaussian limits: Cov(Z^{Wx}, Z^{Wy}) = σ_W² E[Z^x Z^y], MatMuls by
+different matrices and inputs are independent; Z^{φ(x)} = φ(Z^x), Z^{Σ c_j v_j} = Σ c_j Z^{v_j}; moment scalars and
+1/n dots converge to expectations. Two things stay random as n → ∞ (SKI25):
+
+* 1/sqrt(n) dots p = g·g′/sqrt(n) with E[Z^g Z^g′] = 0: jointly Gaussian, independent of every vector, with the
+  Isserlis covariance Cov(p_ab, p_cd) = Σ_ac Σ_bd + Σ_ad Σ_bc;
+* vectors of a fixed dimension N: their N coordinates are iid rows, so dots, moments and MatMuls over N keep
+  their exact finite-N law.
+
+The law is therefore hierarchical: sample these sources level by level (a source's level is one more than the
+deepest source it depends on; sources of deeper levels are Gaussian *conditional* on the earlier ones, a
+conjecture beyond SKI25's single layer), then every vector is Gaussian given them with the master-theorem
+covariance computed conditionally: kernels become arrays with one value per sample.
+"""
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+from functools import cached_property
+
+import numpy as np
+from scipy.special import logsumexp
+from threadpoolctl import threadpool_limits
+
+from ..compiled.linalg import sample_gaussian, semidefinite_cholesky
+from ..errors import ProgramError
+from ..ir.program import WIDTH, Dot, Program, Scalar, Vector
+from ..random import check_size, seed_sequence, stream
+from .calculus import _Calculus, _Env
+from .gaussian import GaussianLaw
+from .structure import SAMPLE_BLOCK, _check_zero_kernel, _Structure, is_row_gvar, is_source, is_sqrt_dot
+
+
+# --------------------------------------------------------------------------------------------------- the law
+class Law:
+    """The infinite-width law of a program's coordinates and scalars.
+
+    Deterministic programs: kernel / mean / cov are exact (closed forms, or quadrature with `error=True` bounds).
+    With random scalars (1/sqrt(n) dots, fixed head dimensions) the law is hierarchical: `sample_scalars` draws
+    them, `conditional_cov` gives the Gaussian covariance of vectors given them, `sample` draws the joint law,
+    `logpdf` / `pdf` evaluate its Rao-Blackwellized mixture density and `cov` is a Monte Carlo average of the
+    conditional moments with its standard error.
+    """
+
+    def __init__(self, program: Program):
+        if not isinstance(program, Program):
+            raise ProgramError(f"limit: expected a netsor Program, got {type(program).__name__}")
+        self.program = program
+        self.structure = _Structure(program)
+        self._fine = _Calculus(self.structure)
+        self._shared_factors: dict = {}
+        self._check_dot_kernels()
+        if self.structure.uncovered_dots:
+            raise ProgramError(self.structure.uncovered_dots[0][1])
+
+    @cached_property
+    def _coarse(self) -> _Calculus:
+        return _Calculus(self.structure, coarse=True)
+
+    def __repr__(self) -> str:
+        kind = "hierarchical Gaussian" if self.random_scalars else "Gaussian given deterministic scalars"
+        return f"<Law of {self.program.name!r}: infinite-width limit, {kind}>"
+
+    @property
+    def random_scalars(self) -> tuple[Scalar, ...]:
+        """The scalar nodes whose limits are random."""
+        return tuple(n for n in self.program.nodes if isinstance(n, Scalar) and self.structure.is_random(n))
+
+    def is_random(self, variable) -> bool:
+        """Whether the limit of a variable depends on random scalars (or fixed-dimension rows)."""
+        (node,) = self.program.resolve([variable], "is_random")
+        return self.structure.is_random(node)
+
+    def _check_dot_kernels(self) -> None:
+        for node in self.program.nodes:
+            if (isinstance(node, Dot) and node.args[0].dim == WIDTH and node.exponent < 1.0
+                    and not self.structure.is_random(node.args[0]) and not self.structure.is_random(node.args[1])):
+                _check_zero_kernel(node, self._fine.kernel_matrix(list(node.args), list(node.args)))
+
+    # ---- exact moments (deterministic programs)
+    def _first_and_second(self, calc: _Calculus, nodes):
+        """Conditional means (B, k) and second moments (B, k, k) of the requested variables."""
+        k = len(nodes)
+        B = calc.B
+        mean = np.zeros((B, k))
+        second = np.zeros((B, k, k))
+        wide = [i for i, u in enumerate(nodes) if isinstance(u, Vector) and u.dim == WIDTH]
+        for i, u in enumerate(nodes):
+            if isinstance(u, Scalar):
+                mean[:, i] = calc.scalar(u)
+            elif u.dim != WIDTH:
+                mean[:, i] = calc.rows(u)[:, 0]  # given its rows, coordinate 0 of a fixed-dimension vector is known
+        if wide:
+            vs = [nodes[i] for i in wide]
+            mean[:, wide] = calc.mean_vector(vs).T
+        second[:] = mean[:, :, None] * mean[:, None, :]  # independent given the randomness, or deterministic
+        if wide:
+            second[:, np.asarray(wide)[:, None], np.asarray(wide)[None, :]] = calc.kernel_matrix(vs, vs).transpose(2, 0, 1)
+        return mean, second
+
+    def _moments(self, variables, pick, error, size, seed):
+        nodes = self.program.resolve(variables)
+        if all(self._is_first_level_dot(n) or not self.structure.is_random(n) for n in nodes) and \
+                any(self.structure.is_random(n) for n in nodes):
+            value = pick(*self._exact_with_first_level_dots(nodes))
+            return (value, np.zeros_like(value)) if error else value
+        if not any(self.structure.is_random(n) for n in nodes):
+            fine = pick(*(a[0] for a in self._first_and_second(self._fine, nodes)))
+            if not error:
+                return fine
+            coarse = pick(*(a[0] for a in self._first_and_second(self._coarse, nodes)))
+            return fine, 2 * np.abs(fine - coarse) + 1e-14 * np.abs(fine)
+        # Monte Carlo over the random scalars of the conditional moments; SE from the influence function
+        size = check_size(size, "size")
+
+        def work(env, calc, rng):
+            m, s = self._first_and_second(calc, nodes)
+            return np.broadcast_to(m, (env.size,) + m.shape[1:]), np.broadcast_to(s, (env.size,) + s.shape[1:])
+
+        parts = list(self._map_blocks(nodes, size, seed_sequence(seed), work))
+        m, s = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        value, influence = pick.monte_carlo(m, s)
+        if not error:
+            return value
+        return value, influence.std(axis=0) / math.sqrt(len(m))
+
+    def _is_first_level_dot(self, node) -> bool:
+        return is_sqrt_dot(node) and self.structure.level[node.index] == 1
+
+    def _exact_with_first_level_dots(self, nodes):
+        """Mean and second moments when the only random variables are first-level scores: those are jointly
+        Gaussian with the Isserlis covariance, zero mean, independent of everything else."""
+        dots = [i for i, n in enumerate(nodes) if self._is_first_level_dot(n)]
+        others = [i for i in range(len(nodes)) if i not in dots]
+        mean, second = np.zeros(len(nodes)), np.zeros((len(nodes), len(nodes)))
+        if others:
+            m, s = self._first_and_second(self._fine, [nodes[i] for i in others])
+            mean[others] = m[0]
+            second[np.ix_(others, others)] = s[0]
+        second[np.ix_(dots, dots)] = self.score_cov([nodes[i] for i in dots])
+        return mean, second
+
+    def score_cov(self, dots) -> np.ndarray:
+        """The exact covariance Σ_ac Σ_bd + Σ_ad Σ_bc of first-level 1/sqrt(n) dots p = a·b/sqrt(n)."""
+        dots = self.program.resolve(dots, "score_cov")
+        for d in dots:
+            if not self._is_first_level_dot(d):
+                raise ProgramError(f"score_cov: {d.name} is not a 1/sqrt(n) dot of deterministic vectors")
+        return _isserlis(self._fine, dots)[0][:, :, 0]
+
+    def kernel(self, variables, error: bool = False, size: int = 200_000, seed=0):
+        """E[Z^u Z^v] over the variables, (k, k); `error=True` adds the quadrature bound (or the Monte Carlo SE)."""
+        return self._moments(variables, _pick_kernel, error, size, seed)
+
+    def mean(self, variables, error: bool = False, size: int = 200_000, seed=0):
+        """E[Z^v] for each variable, (k,)."""
+        return self._moments(variables, _pick_mean, error, size, seed)
+
+    def cov(self, variables, error: bool = False, size: int = 200_000, seed=0):
+        """Cov(Z^u, Z^v) = E[Z^u Z^v] − E[Z^u] E[Z^v], (k, k): exact where the scalars are deterministic, else a
+        Monte Carlo average of conditional moments over `size` draws of the scalars (error=True: its SE)."""
+        return self._moments(variables, _pick_cov, error, size, seed)
+
+    def value(self, scalar) -> float:
+        """The deterministic limit of a scalar node (or name)."""
+        (node,) = self.program.resolve([scalar], "value")
+        if not isinstance(node, Scalar):
+            raise ProgramError(f"value: {node.name} is a vector; use mean/cov/sample")
+        if self.structure.is_random(node):
+            raise ProgramError(f"value: {node.name} is random in the limit; use sample_scalars")
+        return float(self._fine.scalar(node)[0])
+
+    # ---- sampling
+    def _map_blocks(self, nodes, size: int, root, work, threads: int | None = None):
+        """Yield work(env, calculus, rng) for each block of samples, in block order, run on a thread pool; each
+        block first samples every source the nodes depend on from its own stream, so results do not depend on
+        the thread count."""
+        needed = self.program.ancestors(nodes)
+        sources = [n for n in needed if is_source(n)]
+        blocks = [(b, min(SAMPLE_BLOCK, size - start)) for b, start in enumerate(range(0, size, SAMPLE_BLOCK))]
+
+        def run(block):
+            b, count = block
+            env = _Env(count)
+            calc = _Calculus(self.structure, env=env, base=self._fine)
+            # one stream per (block, stage): the first samples never depend on how many are drawn
+            self._sample_sources(sources, env, calc, lambda *stage: stream(root, b, 0, *stage))
+            return work(env, calc, stream(root, b, 1))
+
+        if threads == 1 or len(blocks) == 1:
+            yield from map(run, blocks)
+            return
+        # our threads split the samples; BLAS threads on top of them only contend for the same cores
+        with ThreadPoolExecutor(max_workers=threads) as pool, threadpool_limits(1, "blas"):
+            yield from pool.map(run, blocks)
+
+    def _sample_sources(self, sources, env: _Env, calc: _Calculus, rng_for) -> None:
+        levels = sorted({self.structure.level[s.index] for s in sources})
+        for level in levels:
+            dots = [s for s in sources if is_sqrt_dot(s) and self.structure.level[s.index] == level]
+            if dots:
+                cov, K, a, b = _isserlis(calc, dots)
+                if any(self.structure.is_random(v) for d in dots for v in d.args):
+                    # kernels that depend on earlier draws: check E[Z^g1 Z^g2] = 0 per sample (the others were
+                    # checked once, when the law was built)
+                    for d, i, j in zip(dots, a, b):
+                        _check_zero_kernel(d, K[np.ix_([i, j], [i, j])])
+                draws = self._gaussian(cov, _normals(rng_for(level, 0), len(dots), env.size),
+                                       ("dots",) + tuple(d.index for d in dots))
+                for i, d in enumerate(dots):
+                    env.values[d.index] = draws[i]
+            rows = [s for s in sources if is_row_gvar(s) and self.structure.level[s.index] == level]
+            for dim in sorted({g.dim for g in rows}):
+                group = [g for g in rows if g.dim == dim]
+                K = calc.atom_kernel(group, group)
+                z = _normals(rng_for(level, 1, dim), len(group), env.size * dim)
+                if K.shape[2] > 1:  # one covariance per sample, shared by its N rows
+                    K = np.ascontiguousarray(np.repeat(K, dim, axis=2))
+                draws = self._gaussian(K, z, ("rows",) + tuple(g.index for g in group)).reshape(len(group), env.size, dim)
+                for i, g in enumerate(group):
+                    env.rows[g.index] = draws[i]
+
+    def _gaussian(self, cov: np.ndarray, z: np.ndarray, key) -> np.ndarray:
+        """Normals z (S, d) mapped through the factor of cov (d, d, B) into (d, S): one factor shared by all
+        samples (factored once per law and set of variables `key`) or one per sample."""
+        if cov.shape[2] > 1:
+            return sample_gaussian(np.ascontiguousarray(cov), z)
+        blocks = self._shared_factors.get(key)
+        if blocks is None:  # independent groups (e.g. heads) are factored separately: less work per sample
+            blocks = self._shared_factors[key] = [
+                (_as_slice(block), semidefinite_cholesky(np.ascontiguousarray(cov[np.ix_(block, block)]))[:, :, 0])
+                for block in independent_blocks(cov[:, :, 0])]
+        out = np.empty((cov.shape[0], z.shape[0]))
+        for index, factor in blocks:
+            out[index] = factor @ z[:, index].T  # BLAS reads the transposed view without a copy
+        return out
+
+    def sample(self, variables, size: int, seed=None, threads: int | None = None) -> np.ndarray:
+        """(size, k) joint draws of the limit: coordinate 0 of each vector, the value of each scalar."""
+        nodes = self.program.resolve(variables, "sample")
+        size = check_size(size)
+        out = np.empty((size, len(nodes)))
+        start = 0
+        for part in self._map_blocks(nodes, size, seed_sequence(seed),
+                                     lambda env, calc, rng: self._draw_given_sources(nodes, env, calc, rng), threads):
+            out[start:start + len(part)] = part
+            start += len(part)
+        return out
+
+    rvs = sample  # scipy.stats spelling
+
+    def sample_scalars(self, scalars, size: int, seed=None) -> np.ndarray:
+        """(size, k) joint draws of scalar nodes (random or not)."""
+        nodes = self.program.resolve(scalars, "sample_scalars")
+        for n in nodes:
+            if not isinstance(n, Scalar):
+                raise ProgramError(f"sample_scalars: {n.name} is a vector; use sample")
+        return self.sample(nodes, size, seed)
+
+    def _draw_given_sources(self, nodes, env: _Env, calc: _Calculus, rng) -> np.ndarray:
+        S = env.size
+        out = np.empty((S, len(nodes)))
+        wide = [i for i, n in enumerate(nodes) if isinstance(n, Vector) and n.dim == WIDTH]
+        for i, n in enumerate(nodes):
+            if isinstance(n, Scalar):
+                out[:, i] = np.broadcast_to(calc.scalar(n), (S,))
+            elif i not in wide:
+                out[:, i] = calc.rows(n)[:, 0]
+        if not wide:
+            return out
+        vectors = [nodes[i] for i in wide]
+        if all(calc.is_gaussian(v) for v in vectors):  # draw the requested combinations directly
+            K = calc.kernel_matrix(vectors, vectors)
+            out[:, wide] = sample_gaussian(np.ascontiguousarray(K), _normals(rng, len(vectors), S)).T
+            return out
+        gvars = sorted({g for v in vectors for g in calc.frontier(v)}, key=lambda g: g.index)
+        K = calc.kernel_matrix(gvars, gvars)
+        g = sample_gaussian(np.ascontiguousarray(K), _normals(rng, len(gvars), S))
+        env_values = {gv.index: g[j] for j, gv in enumerate(gvars)}
+        memo: dict = {}
+        for i in wide:
+            out[:, i] = np.broadcast_to(calc.evaluate(nodes[i], env_values, memo), (S,))
+        return out
+
+    def conditional_cov(self, variables, size: int, seed=None) -> np.ndarray:
+        """(size, k, k): Cov(Z | random scalars) for draws of the random scalars (zero rows for scalars)."""
+        return self.conditional_moments(variables, size, seed)[1]
+
+    def conditional_moments(self, variables, size: int, seed=None):
+        """(means (size, k), covariances (size, k, k)) of the variables given draws of the random scalars."""
+        nodes = self.program.resolve(variables, "conditional_moments")
+        size = check_size(size)
+
+        def work(env, calc, rng):
+            m, s = self._first_and_second(calc, nodes)
+            m = np.broadcast_to(m, (env.size,) + m.shape[1:])
+            return m, np.broadcast_to(s, (env.size,) + s.shape[1:]) - m[:, :, None] * m[:, None, :]
+
+        means, covs = np.empty((size, len(nodes))), np.empty((size, len(nodes), len(nodes)))
+        start = 0
+        for m, c in self._map_blocks(nodes, size, seed_sequence(seed), work):
+            means[start:start + len(m)], covs[start:start + len(m)] = m, c
+            start += len(m)
+        return means, covs
+
+    # ---- densities
+    def logpdf(self, y, variables, mixture_size: int = 4096, seed=0) -> np.ndarray:
+        """log density of the joint law at points y (..., k): log mean_m N(y; μ_m, C_m) over `mixture_size` draws
+        of the random scalars (exact, M = 1, when there are none). Needs vectors Gaussian given the scalars."""
+        nodes = self.program.resolve(variables, "logpdf")
+        for n in nodes:
+            if not (isinstance(n, Vector) and n.dim == WIDTH):
+                raise ProgramError(f"logpdf: {n.name} is not a width-n vector")
+        y = np.asarray(y, dtype=float)
+        k = len(nodes)
+        if k == 1:  # one variable: any array of points
+            shape, points = y.shape, y.reshape(-1, 1)
+        elif y.shape[-1:] == (k,):
+            shape, points = y.shape[:-1], y.reshape(-1, k)
+        else:
+            raise ProgramError(f"logpdf: points must have last dimension {k}, got shape {y.shape}")
+        for n in nodes:
+            if not self.structure.is_gaussian(n):
+                raise ProgramError(f"logpdf: {n.name} is not Gaussian given the random scalars; sample it instead")
+        random = any(self.structure.is_random(n) for n in nodes)
+        means, covs = self.conditional_moments(nodes, mixture_size if random else 1, seed)
+        chol = np.linalg.cholesky(covs)
+        logdet = 2 * np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(axis=1)
+        out = np.empty(len(points))
+        for start in range(0, len(points), 2048):
+            diff = points[start:start + 2048, None, :] - means[None, :, :]  # (q, M, k)
+            solved = np.linalg.solve(chol[None], diff[..., None])[..., 0]
+            log_terms = -0.5 * (solved ** 2).sum(-1) - 0.5 * logdet[None] - 0.5 * k * math.log(2 * math.pi)
+            out[start:start + 2048] = logsumexp(log_terms, axis=1) - math.log(len(means))
+        return out.reshape(shape)
+
+    def pdf(self, y, variables, mixture_size: int = 4096, seed=0) -> np.ndarray:
+        """Density of the joint law at y (see `logpdf`)."""
+        return np.exp(self.logpdf(y, variables, mixture_size, seed))
+
+    def infinite_sum_limit(self, variables, size: int = 400_000, seed=0):
+        """The Gaussian limit of H^{-1/2} Σ_h Z_h over H → ∞ independent copies of the program (heads):
+        N(0, E[Z Zᵀ]), the expectation over the random scalars taken by Monte Carlo (its SE kept as cov_se)."""
+        nodes = self.program.resolve(variables, "infinite_sum_limit")
+        mean, mean_se = self.mean(nodes, error=True, size=size, seed=seed)
+        if np.any(np.abs(mean) > 5 * mean_se + 1e-12):
+            raise ProgramError("infinite_sum_limit: the variables have non-zero mean, so their normalised sum over "
+                               "copies diverges")
+        kernel, se = self.kernel(nodes, error=True, size=size, seed=seed)
+        return GaussianLaw(nodes, np.zeros(len(nodes)), kernel, se,
+                           description="Infinite-copies (infinite-head) limit: Gaussian with covariance E[Z Zᵀ]")
+
+    def describe(self, variables=None, latex: bool = False) -> str:
+        """The law as formulas: random scalars and their covariance, the conditional law of the variables."""
+        from .symbolic import describe
+        return describe(self, variables, latex=latex)
+
+
+def independent_blocks(cov: np.ndarray) -> list[list[int]]:
+    """Connected components of the non-zero pattern of a covariance: mutually independent groups."""
+    D = cov.shape[0]
+    unseen, blocks = set(range(D)), []
+    while unseen:
+        stack, block = [min(unseen)], []
+        unseen.discard(stack[0])
+        while stack:
+            i = stack.pop()
+            block.append(i)
+            linked = [j for j in unseen if cov[i, j] != 0.0 or cov[j, i] != 0.0]
+            unseen.difference_update(linked)
+            stack.extend(linked)
+        blocks.append(sorted(block))
+    return blocks
+
+
+def _as_slice(index: list[int]):
+    """A slice for a run of consecutive indices (a view, not a copy), else the list itself."""
+    return slice(index[0], index[-1] + 1) if index == list(range(index[0], index[-1] + 1)) else index
+
+
+def _normals(rng, d: int, S: int) -> np.ndarray:
+    """(S, d) standard normals, drawn sample-major so the first samples do not depend on how many are drawn."""
+    return rng.standard_normal((S, d))
+
+
+def _isserlis(calc: _Calculus, dots):
+    """Cov(p_ab, p_cd) = Σ_ac Σ_bd + Σ_ad Σ_bc for dots p = a·b/sqrt(n), with Σ the (conditional) kernel of their
+    vectors; returns (cov (D, D, B), Σ, positions of the left and right vectors in Σ)."""
+    args = list({v.index: v for d in dots for v in d.args}.values())
+    K = calc.kernel_matrix(args, args)
+    position = {v.index: i for i, v in enumerate(args)}
+    a = np.array([position[d.args[0].index] for d in dots])
+    b = np.array([position[d.args[1].index] for d in dots])
+    cov = K[np.ix_(a, a)] * K[np.ix_(b, b)] + K[np.ix_(a, b)] * K[np.ix_(b, a)]
+    return cov, K, a, b
+
+
+class _Pick:
+    """Which moment a public method returns, exactly and as a Monte Carlo estimate with its influence function."""
+
+    def __init__(self, exact, monte_carlo):
+        self.exact, self.monte_carlo = exact, monte_carlo
+
+    def __call__(self, mean, second):
+        return self.exact(mean, second)
+
+
+def _mc_kernel(m, s):
+    return s.mean(axis=0), s
+
+
+def _mc_mean(m, s):
+    return m.mean(axis=0), m
+
+
+def _mc_cov(m, s):
+    mbar = m.mean(axis=0)
+    influence = s - m[:, :, None] * mbar[None, None, :] - mbar[None, :, None] * m[:, None, :]
+    return s.mean(axis=0) - np.outer(mbar, mbar), influence
+
+
+_pick_kernel = _Pick(lambda m, s: s, _mc_kernel)
+_pick_mean = _Pick(lambda m, s: m, _mc_mean)
+_pick_cov = _Pick(lambda m, s: s - np.outer(m, m), _mc_cov)
+
+
+def limit(program: Program) -> Law:
+    """The infinite-width law of `program` (Yang's master theorem, with SKI25's random scalars)."""
+    return Law(program)
