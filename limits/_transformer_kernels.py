@@ -23,6 +23,18 @@ import math
 import numba
 import numpy as np
 
+from netsor.compiled import (
+    CODE_CLIP,
+    CODE_ERF,
+    CODE_GELU,
+    CODE_IDENTITY,
+    CODE_NONE,
+    CODE_RELU,
+    CODE_TANH,
+    RANK_RTOL,
+    softmax_into,
+)
+
 # error_model="numpy": no ZeroDivisionError checks inside the lane loops, which would stop their vectorisation
 _JIT = dict(cache=True, nogil=True, error_model="numpy")
 
@@ -33,9 +45,10 @@ SCORES_GAUSSIAN = 0  # head dimension ∝ n, scores / n^{1/2}: Gaussian with Cov
 SCORES_ZERO = 1  # head dimension ∝ n, scores / n^a with a > 1/2: p → 0, attention uniform
 SCORES_FINITE_HEAD = 2  # fixed head dimension N: p = Q Kᵀ / N^a with N-dimensional Gaussian rows
 
-MLP_NONE, MLP_IDENTITY, MLP_RELU, MLP_ERF, MLP_TANH, MLP_GELU, MLP_CLIP = range(7)
-
-PIVOT_RTOL = 1e-13  # a Cholesky pivot below this fraction of the largest diagonal entry is an exact zero
+# The MLP nonlinearity arrives as its netsor code (`Nonlinearity.code`; the clip bound is its `parameter`). The
+# kernels implement CODE_IDENTITY, CODE_RELU, CODE_ERF, CODE_TANH, CODE_GELU and CODE_CLIP; the caller rejects
+# any other code. sample_block's mlp_code CODE_NONE means a transformer without MLP branches.
+IMPLEMENTED_CODES = (CODE_IDENTITY, CODE_RELU, CODE_ERF, CODE_TANH, CODE_GELU, CODE_CLIP)
 
 # Piecewise Gauss–Legendre rule for the clip nonlinearity's outer integral (see clip_product)
 CLIP_HALF_WIDTH = 10.5  # the normal mass beyond ±10.5 is 1e-25
@@ -63,9 +76,11 @@ def layer_norm_lanes(kernel, out, inverse_sd, lanes):
 
 @numba.njit(**_JIT)
 def cholesky_lanes(matrix, out, pivot, inverse_root, lanes):
-    """Lower-triangular C with C Cᵀ = matrix (PSD) in each lane. A pivot below PIVOT_RTOL·max diag zeroes its
-    column, so a kernel that has (numerically) collapsed in rank, as deep attention stacks drive it to, is still
-    factored. pivot, inverse_root: scratch (LANES,)."""
+    """Lower-triangular C with C Cᵀ = matrix (PSD) in each lane: the lanes-last form of
+    `netsor.compiled.cholesky_into`, with the same rank rule (a pivot ≤ RANK_RTOL·max diag zeroes its column), so
+    a kernel that has (numerically) collapsed in rank, as deep attention stacks drive it to, is still factored.
+    Kept as its own loop nest because the lanes are its innermost loops (vectorised). pivot, inverse_root:
+    scratch (LANES,)."""
     s = matrix.shape[0]
     out[:, :, :lanes] = 0.0
     for j in range(s):
@@ -78,7 +93,7 @@ def cholesky_lanes(matrix, out, pivot, inverse_root, lanes):
             largest = 0.0
             for i in range(s):
                 largest = max(largest, matrix[i, i, lane])
-            root = math.sqrt(pivot[lane]) if pivot[lane] > PIVOT_RTOL * largest else 0.0
+            root = math.sqrt(pivot[lane]) if pivot[lane] > RANK_RTOL * largest else 0.0
             out[j, j, lane] = root
             inverse_root[lane] = 1.0 / root if root > 0.0 else 0.0
         for i in range(j + 1, s):
@@ -145,26 +160,12 @@ def finite_head_scores_lanes(chol, draws, offset, head_dim, scale, scores, xi_gr
 
 @numba.njit(**_JIT)
 def softmax_rows_lanes(scores, top, total, lanes):
-    """Each row ← softmax(row) in place; the row maximum is subtracted first, so no exp overflows.
-    top, total: scratch (LANES,)."""
-    s = scores.shape[0]
-    for i in range(s):
-        for lane in range(lanes):
-            top[lane] = scores[i, 0, lane]
-            total[lane] = 0.0
-        for j in range(1, s):
-            for lane in range(lanes):
-                top[lane] = max(top[lane], scores[i, j, lane])
-        for j in range(s):
-            for lane in range(lanes):
-                e = math.exp(scores[i, j, lane] - top[lane])
-                scores[i, j, lane] = e
-                total[lane] += e
-        for lane in range(lanes):
-            total[lane] = 1.0 / total[lane]
-        for j in range(s):
-            for lane in range(lanes):
-                scores[i, j, lane] *= total[lane]
+    """Each row ← softmax(row) in place, by netsor's one stable softmax (`netsor.compiled.softmax_into`): row i
+    of the lanes-last scores (s, s, LANES) is the lanes-major (s, LANES) array scores[i], normalised over its
+    first axis in each lane. top, total: scratch (LANES,)."""
+    for i in range(scores.shape[0]):
+        row = scores[i]
+        softmax_into(row, row, top, total, lanes)
 
 
 @numba.njit(**_JIT)
@@ -237,9 +238,9 @@ def add_uniform_kernel_lanes(correlation, weight, acc, lanes):
 @numba.njit(**_JIT)
 def phi(code, x):
     """The MLP nonlinearity at x (smooth ones only: the kinked ones are integrated in closed form)."""
-    if code == MLP_TANH:
+    if code == CODE_TANH:
         return math.tanh(x)
-    if code == MLP_GELU:
+    if code == CODE_GELU:
         return 0.5 * x * (1.0 + math.erf(x / math.sqrt(2.0)))  # exact x·Φ(x)
     return math.nan
 
@@ -327,13 +328,16 @@ def clip_product(rho, bound, legendre_nodes, legendre_weights):
 
 @numba.njit(**_JIT)
 def relu_product(rho):
-    """Arc-cosine kernel at unit variances: (sin θ + (π − θ) cos θ)/(2π), cos θ = ρ."""
+    """Arc-cosine kernel at unit variances: (sin θ + (π − θ) cos θ)/(2π), cos θ = ρ. The numba twin of netsor's
+    registered `netsor.relu.closed_form_product(netsor.relu)` (numpy, not callable from here); a test checks
+    that they agree to 1e-12."""
     return (math.sqrt(1.0 - rho * rho) + (math.pi - math.acos(rho)) * rho) / (2.0 * math.pi)
 
 
 @numba.njit(**_JIT)
 def erf_product(rho):
-    """Williams' arcsine kernel at unit variances: (2/π) arcsin(2ρ / 3)."""
+    """Williams' arcsine kernel at unit variances: (2/π) arcsin(2ρ / 3); the numba twin of netsor's
+    `netsor.erf.closed_form_product(netsor.erf)`, checked against it by a test."""
     return 2.0 / math.pi * math.asin(2.0 * rho / 3.0)
 
 
@@ -349,16 +353,16 @@ def mlp_kernel_lanes(correlation, code, bound, second_moment, hermite_nodes, her
         for j in range(i):
             for lane in range(lanes):  # a computed correlation can exceed 1 by an ulp
                 out[i, j, lane] = min(max(correlation[i, j, lane], -1.0), 1.0)
-            if code == MLP_RELU:
+            if code == CODE_RELU:
                 for lane in range(lanes):
                     out[i, j, lane] = relu_product(out[i, j, lane])
-            elif code == MLP_ERF:
+            elif code == CODE_ERF:
                 for lane in range(lanes):
                     out[i, j, lane] = erf_product(out[i, j, lane])
-            elif code == MLP_CLIP:
+            elif code == CODE_CLIP:
                 for lane in range(lanes):
                     out[i, j, lane] = clip_product(out[i, j, lane], bound, legendre_nodes, legendre_weights)
-            elif code != MLP_IDENTITY:
+            elif code != CODE_IDENTITY:
                 for lane in range(lanes):
                     out[i, j, lane] = hermite_product(out[i, j, lane], code, hermite_nodes, hermite_weights)
             for lane in range(lanes):
@@ -445,7 +449,7 @@ def sample_block(rng, input_kernel, depth, heads, branch_weight, score_mode, hea
                     for j in range(s):
                         for lane in range(lanes):
                             kernel[i, j, lane] += attention_sum[i, j, lane]
-                if mlp_code != MLP_NONE:
+                if mlp_code != CODE_NONE:
                     add_mlp_branch_lanes(kernel, branch_weight * mlp_weight, mlp_code, mlp_bound, second_moment,
                                          hermite_nodes, hermite_weights, legendre_nodes, legendre_weights,
                                          correlation, work_a, inverse_sd, lanes)

@@ -5,20 +5,22 @@ Tokens x_1..x_s; per head h: q_i = W_Q^h x_i, k_j = W_K^h x_j, v_j = W_V^h x_j, 
     y_i = H^{-1/2} Σ_h W_O^h Σ_j A^h_ij v^h_j.
 At 1/sqrt(n) scaling with finitely many heads the limit is hierarchical Gaussian: p ~ N(0, Σ_X ⊗ Σ_X) per head,
 and y | p ~ N(0, H⁻¹ Σ_h A_h Σ_X A_hᵀ). heads = inf gives the Gaussian infinite-head limit.
+The heads are built by `limits.blocks.attention_block` (names p^h_i,j, A^h_i, o^h_i; y_i here).
 """
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 
 import numpy as np
 
 import netsor
 from netsor import ProgramError
-from netsor.program import check_covariance
 
-INPUTS = ("paper", "relu", "gaussian")
+from .blocks import INPUTS, _count, _tokens, attention_block
+
+__all__ = ["AttentionLayer", "attention_layer", "INPUTS", "SCALINGS"]
+
 SCALINGS = ("sqrt", "linear")
 
 
@@ -61,33 +63,6 @@ class AttentionLayer:
         return netsor.simulate(self.program, width, variables or self.outputs, size, seed, **options)
 
 
-def _count(value, name: str, allow_inf: bool = False, where: str = "attention_layer"):
-    if allow_inf and isinstance(value, float) and math.isinf(value) and value > 0:
-        return math.inf
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ProgramError(f"{where}: {name} must be a positive integer"
-                           f"{' or math.inf' if allow_inf else ''}, got {value!r}")
-    return int(value)
-
-
-def _tokens(prog: netsor.Program, seq_len: int, inputs, clip: float, where: str = "attention_layer"):
-    """The s token vectors: gaussian (iid N(0, 1) coordinates), through a clip / relu layer from one input h, or
-    with a given s×s covariance."""
-    if isinstance(inputs, str):
-        if inputs not in INPUTS:
-            raise ProgramError(f"{where}: inputs must be one of {', '.join(INPUTS)} or an s×s SPD "
-                               f"covariance, got {inputs!r}")
-        if inputs == "gaussian":
-            return prog.inputs([f"x{i}" for i in range(1, seq_len + 1)])
-        h = prog.input("h")
-        phi = netsor.clip(clip) if inputs == "paper" else "relu"
-        return tuple(netsor.nonlin(phi, prog.matrix(f"W{i}") @ h, name=f"x{i}") for i in range(1, seq_len + 1))
-    cov = check_covariance(inputs, seq_len, f"{where}: inputs")
-    if np.linalg.eigvalsh(cov).min() <= 0:
-        raise ProgramError(f"{where}: the input covariance must be positive definite")
-    return prog.inputs([f"x{i}" for i in range(1, seq_len + 1)], cov=cov)
-
-
 def attention_layer(seq_len: int = 4, heads=2, head_dim: int | None = None, scaling: str = "sqrt",
                     inputs="paper", out_proj: bool = True, clip: float = 100.0, tied_qk: bool = False,
                     name: str = "attention") -> AttentionLayer:
@@ -103,36 +78,13 @@ def attention_layer(seq_len: int = 4, heads=2, head_dim: int | None = None, scal
         head_dim = _count(head_dim, "head_dim")
     if scaling not in SCALINGS:
         raise ProgramError(f"attention_layer: scaling must be 'sqrt' or 'linear', got {scaling!r}")
-    if not out_proj and head_dim is not None:
-        raise ProgramError("attention_layer: without the output projection the head dimension must be n")
     prog = netsor.Program(name)
     xs = _tokens(prog, seq_len, inputs, clip)
-    dim = "n" if head_dim is None else head_dim
-    built_heads = 1 if math.isinf(heads) else heads
-    scores, attention, head_outputs = [], [], []
-    for h in range(1, built_heads + 1):
-        tag = f"^{h}" if built_heads > 1 else ""
-        WQ = prog.matrix(f"WQ{tag}", shape=(dim, "n"))
-        WK = WQ if tied_qk else prog.matrix(f"WK{tag}", shape=(dim, "n"))
-        WV = prog.matrix(f"WV{tag}", shape=(dim, "n"))
-        q = [netsor.matmul(WQ, x, name=f"q{tag}_{i}") for i, x in enumerate(xs, 1)]
-        k = q if tied_qk else [netsor.matmul(WK, x, name=f"k{tag}_{i}") for i, x in enumerate(xs, 1)]
-        v = [netsor.matmul(WV, x, name=f"v{tag}_{i}") for i, x in enumerate(xs, 1)]
-        p = [[netsor.dot(q[i], k[j], scale=scaling, name=f"p{tag}_{i + 1}{j + 1}") for j in range(seq_len)]
-             for i in range(seq_len)]
-        a = [netsor.softmax(row, name=f"A{tag}_{i + 1}") for i, row in enumerate(p)]
-        WO = prog.matrix(f"WO{tag}", shape=("n", dim)) if out_proj else None
-        outs = []
-        for i in range(seq_len):
-            mixed = netsor.lincomb(a[i], v, name=f"u{tag}_{i + 1}")
-            outs.append(netsor.matmul(WO, mixed, name=f"o{tag}_{i + 1}") if out_proj else mixed)
-        scores.append(tuple(tuple(row) for row in p))
-        attention.append(tuple(a))
-        head_outputs.append(outs)
-    if math.isinf(heads):
-        outputs = tuple(head_outputs[0])
+    block = attention_block(prog, xs, 1 if math.isinf(heads) else heads, head_dim, scaling, out_proj=out_proj,
+                            tied_qk=tied_qk, wo_first=False, where="attention_layer")
+    if math.isinf(heads):  # one representative head; law() sums infinitely many
+        outputs = block.head_outputs[0]
     else:
-        outputs = tuple(netsor.lincomb([heads ** -0.5] * heads, [head_outputs[h][i] for h in range(heads)],
-                                       name=f"y{i + 1}") for i in range(seq_len))
-    return AttentionLayer(prog, tuple(xs), tuple(scores), tuple(attention), outputs, seq_len, heads, head_dim,
-                          scaling)
+        outputs = tuple(netsor.lincomb([heads ** -0.5] * heads, [o[i] for o in block.head_outputs], name=f"y{i + 1}")
+                        for i in range(seq_len))
+    return AttentionLayer(prog, tuple(xs), block.scores, block.attention, outputs, seq_len, heads, head_dim, scaling)

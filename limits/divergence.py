@@ -1,4 +1,4 @@
-"""KL(finite width n ‖ limit): estimators, and what each can resolve (DESIGN §6).
+"""KL(finite width n ‖ limit): estimators, and what each can resolve (README, *Measuring KL(finite n ‖ limit)*).
 
 Sample-based, for any two samples (N, k):
 - "kde": SKI25's published method — scipy `gaussian_kde` of each sample on a 500-point grid spanning the limit
@@ -32,8 +32,7 @@ from scipy import integrate, stats
 from scipy.spatial import cKDTree
 from scipy.special import logsumexp
 
-from netsor import ProgramError
-from netsor import CoupledDraws, GaussianLaw
+from netsor import CoupledDraws, GaussianLaw, ProgramError
 from netsor.quadrature import tensor_hermite_rule
 
 SAMPLE_METHODS = ("kde", "fftkde", "knn")

@@ -23,13 +23,12 @@ import pandas as pd
 from scipy import stats
 
 import netsor
-from netsor import ProgramError
-from netsor import GaussianLaw
+from netsor import GaussianLaw, ProgramError
 
 from .attention import AttentionLayer, attention_layer
 from .builders import Network
-from .transformer import Transformer, transformer
 from .divergence import METHODS, kl
+from .stack import Transformer, transformer
 
 COLUMNS = ["width", "seed", "estimator", "kl", "se", "upper_bound", "n_samples", "seconds"]
 BACKENDS = ("local", "dask")
@@ -117,8 +116,9 @@ def kl_vs_width(layer_or_program, variables=None, widths=(16, 64, 256, 1024), si
     upper_bound, n_samples, seconds), sorted by width then seed.
 
     layer_or_program: an AttentionLayer, a Network, a Transformer, or a Program (then `variables` is required; for
-    the others the default is their first output). seeds: a count (0..count−1) or a list of non-negative ints. backend "dask" sends
-    tasks to `client` (a dask.distributed Client, a scheduler address, or None for a 2-worker LocalCluster).
+    the others the default is their first output). seeds: a count (0..count−1) or a list of non-negative ints.
+    backend "dask" sends tasks to `client` (a dask.distributed Client, a scheduler address, or None for a 2-worker
+    LocalCluster).
     reference: a GaussianLaw over the same variables to compare with instead of the program's limit (e.g. an
     infinite-head limit, to show a wrong limit is rejected).
     """

@@ -1,14 +1,14 @@
 """The nested infinite-width limit of a pre-LN transformer at initialisation, as a law of s×s token kernels.
 
-Width n → ∞ first, block by block, conditionally on the attention scores of earlier blocks (DESIGN §3, last bullet:
-a conjecture the engine checks against finite width, never assumes). The tokens' kernel K_ij = lim x_i·x_j / n
-then follows, with branch scale c = β₀ L^{−α} (L = depth, α = residual_exponent):
+Width n → ∞ first, block by block, conditionally on the attention scores of earlier blocks (README, *Netsor
+programs and their limits*: a conjecture the engine checks against finite width, never assumes). The tokens'
+kernel K_ij = lim x_i·x_j / n then follows, with branch scale c = β₀ L^{−α} (L = depth, α = residual_exponent):
 
     for ℓ = 1..L:  K̃ = D^{-1/2} K D^{-1/2}, D = diag K                    LayerNorm without mean subtraction
                    K ← K + c² H⁻¹ Σ_h A_h G_h A_hᵀ,  A_h = row-softmax(p_h)   H attention heads
                    K ← K + c² w₂ Φ(LN(K)),  Φ_ij = E[φ(g_i) φ(g_j)], g ~ N(0, LN(K)),  w₂ = 1/E[φ(Z)²]   MLP
 
-Per head, independently given K̃ (DESIGN §4; C Cᵀ = K̃, every Ξ iid N(0, 1)):
+Per head, independently given K̃ (README, *Attention regimes*; C Cᵀ = K̃, every Ξ iid N(0, 1)):
     head dimension ∝ n, scores / n^{1/2}:       p = C Ξ Cᵀ (Cov(p_ij, p_kl) = K̃_ik K̃_jl),  G = K̃
     head dimension ∝ n, scores / n^a, a > 1/2:  p = 0 (uniform attention),                  G = K̃
     head dimension N, scores / N^a:             p = (C Ξ_Q)(C Ξ_K)ᵀ / N^a,                  G = C Ξ_V Ξ_Vᵀ Cᵀ / N
@@ -18,22 +18,28 @@ As H → ∞ the head average concentrates and the recursion is deterministic: K
 
 Random streams: the normals of samples b·4096 … (b+1)·4096 − 1 come from one numpy Generator keyed by (seed, b),
 drawn sample by sample in a fixed order, so a sample never depends on how many were requested or on threads.
+
+What netsor owns is taken from netsor: the MLP nonlinearity is a `netsor.Nonlinearity` (the kernels apply it by its
+`code`, the clip bound is its `parameter`), E[φ(Z)²] is its registered closed form or netsor's limit with its error
+bound, the Cholesky rank rule is `netsor.compiled.RANK_RTOL`, the softmax `netsor.compiled.softmax_into`, the
+Gauss–Hermite rule `netsor.quadrature.hermite_rule`, the random streams `netsor.random`.
 """
 from __future__ import annotations
 
 import math
 import numbers
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from scipy import integrate, special
+from scipy import special
 
-from netsor import ProgramError
-from netsor._random import check_size, seed_sequence, stream
-from netsor.nonlinearities import Nonlinearity
+import netsor
+from netsor import Clip, Nonlinearity, ProgramError
+from netsor.compiled import CODE_CLIP, CODE_NONE
+from netsor.parallel import map_blocks
+from netsor.quadrature import hermite_rule
+from netsor.random import check_size, seed_sequence, stream
 
 from . import _transformer_kernels as compiled
 
@@ -46,23 +52,31 @@ RECURSION_SAMPLES = 1 << 20
 HERMITE_ORDER = 64  # 2-D Gauss–Hermite rule for tanh and gelu ...
 HERMITE_WEIGHT_FLOOR = 1e-17  # ... without the nodes whose weight is below this (42 of the 64 remain)
 LEGENDRE_ORDER = 16  # nodes per piece of the piecewise Gauss–Legendre rule for clip
-MLP_CODES = {"identity": compiled.MLP_IDENTITY, "relu": compiled.MLP_RELU, "erf": compiled.MLP_ERF,
-             "tanh": compiled.MLP_TANH, "gelu": compiled.MLP_GELU}
+SECOND_MOMENT_TOLERANCE = 1e-10  # largest accepted error bound of netsor's E[φ(Z)²] where φ has no closed form
+MLP_NAMES = "identity, relu, erf, tanh, gelu, clip(c)"  # the nonlinearities the compiled kernels implement
 
 
 # ------------------------------------------------------------------------------------------ arguments
 @dataclass(frozen=True)
 class Mlp:
-    """An MLP branch: its nonlinearity (a code for the compiled kernels), clip bound, w₂ = 1/E[φ(Z)²]."""
+    """An MLP branch: its netsor nonlinearity (None: no MLP), E[φ(Z)²] and w₂ = 1/E[φ(Z)²]."""
 
-    name: str
-    code: int
-    bound: float
+    phi: Nonlinearity | None
     second_moment: float  # E[φ(Z)²], Z ~ N(0, 1): Φ's diagonal on a correlation matrix
 
     @property
+    def code(self) -> int:
+        """φ's code for the compiled kernels (`Nonlinearity.code`); CODE_NONE for no MLP."""
+        return CODE_NONE if self.phi is None else self.phi.code
+
+    @property
+    def bound(self) -> float:
+        """The clip bound c (`Nonlinearity.parameter` of clip(c)); unused by the other kernels."""
+        return self.phi.parameter if self.code == CODE_CLIP else 0.0
+
+    @property
     def weight(self) -> float:
-        return 0.0 if self.code == compiled.MLP_NONE else 1.0 / self.second_moment
+        return 0.0 if self.phi is None else 1.0 / self.second_moment
 
 
 @dataclass(frozen=True)
@@ -130,43 +144,60 @@ def _spd_kernel(value, where: str) -> np.ndarray:
     return kernel
 
 
-def _second_moment(code: int, bound: float) -> float:
-    """E[φ(Z)²], Z ~ N(0, 1): closed forms, or adaptive quadrature to ~1e-14 for tanh and gelu."""
-    if code == compiled.MLP_IDENTITY:
-        return 1.0
-    if code == compiled.MLP_RELU:
-        return 0.5
-    if code == compiled.MLP_ERF:
-        return 2.0 / math.pi * math.asin(2.0 / 3.0)
-    if code == compiled.MLP_CLIP:  # E[Z²; |Z| < c] + c² P(|Z| > c)
+@lru_cache(maxsize=None)
+def _second_moment(phi: Nonlinearity) -> float:
+    """E[φ(Z)²], Z ~ N(0, 1): φ's registered closed form E[φ(u)φ(v)] at unit variances and covariance (identity,
+    relu, erf); for clip(c), whose product netsor has no closed form for, E[Z²; |Z| < c] + c² P(|Z| > c); else
+    netsor's limit of φ(z) for an input z of variance 1 (Gauss–Hermite quadrature), whose error bound must be
+    below SECOND_MOMENT_TOLERANCE."""
+    closed_form = phi.closed_form_product(phi)
+    if closed_form is not None:
+        return float(closed_form(1.0, 1.0, 1.0))
+    if isinstance(phi, Clip):
+        bound = phi.parameter
         tail = special.ndtr(-bound)
         density = math.exp(-bound * bound / 2) / math.sqrt(2 * math.pi)
-        return (1.0 - 2.0 * tail) - 2.0 * bound * density + 2.0 * bound * bound * tail
-    phi = np.tanh if code == compiled.MLP_TANH else (lambda x: x * special.ndtr(x))
-    value, _ = integrate.quad(lambda x: phi(x) ** 2 * math.exp(-x * x / 2) / math.sqrt(2 * math.pi),
-                              -np.inf, np.inf, epsabs=1e-15, epsrel=1e-13, limit=200)
-    return value
+        return float((1.0 - 2.0 * tail) - 2.0 * bound * density + 2.0 * bound * bound * tail)
+    program = netsor.Program("second-moment")
+    z = program.input("z", var=1.0)
+    y = netsor.nonlin(phi, z, name="phi_z")
+    value, error = netsor.limit(program).kernel([y], error=True)
+    if not float(error[0, 0]) < SECOND_MOMENT_TOLERANCE:
+        raise ProgramError(f"mlp {phi.name}: netsor's E[φ(Z)²] = {float(value[0, 0]):g} has error bound "
+                           f"{float(error[0, 0]):g}, above {SECOND_MOMENT_TOLERANCE:g}")
+    return float(value[0, 0])
+
+
+def _nonlinearity(mlp, where: str) -> Nonlinearity:
+    """A name ("relu", "clip(1.5)", …) resolved by netsor's own parsing (`netsor.nonlin` on a one-input program),
+    or a netsor Nonlinearity as it is; ProgramError naming mlp for anything else."""
+    if isinstance(mlp, Nonlinearity):
+        return mlp
+    if not isinstance(mlp, str):
+        got = f"the callable {mlp!r}, which has no compiled kernel" if callable(mlp) else repr(mlp)
+        _fail(where, f"mlp must be a nonlinearity name ({MLP_NAMES}), a netsor Nonlinearity with a compiled "
+                     f"kernel, or None; got {got}")
+    program = netsor.Program("mlp")
+    try:
+        return netsor.nonlin(mlp, program.input("z")).phi
+    except ProgramError as exc:
+        raise ProgramError(f"{where}: mlp {mlp!r}: {exc}") from None
 
 
 def _mlp(mlp, where: str) -> Mlp:
-    """None, a name ("relu", "clip(1.5)", …) or a netsor built-in Nonlinearity → a checked Mlp."""
+    """None, a name ("relu", "clip(1.5)", …) or a netsor Nonlinearity → a checked Mlp. Dispatch is by the
+    nonlinearity's code, never its name: a nonlinearity whose code the compiled kernels do not implement (a
+    user's callable, square, leaky_relu(a)) is a ProgramError naming mlp."""
     if mlp is None:
-        return Mlp("none", compiled.MLP_NONE, 0.0, 0.0)
-    name = mlp.name if isinstance(mlp, Nonlinearity) else mlp
-    known = f"{', '.join(MLP_CODES)}, clip(c) or None"
-    if not isinstance(name, str):
-        _fail(where, f"mlp must be a nonlinearity name ({known}), got {mlp!r}")
-    if name.startswith("clip(") and name.endswith(")"):
-        try:
-            bound = float(name[5:-1])
-        except ValueError:
-            bound = math.nan
-        if not (math.isfinite(bound) and bound > 0):
-            _fail(where, f"mlp {name!r}: the clip bound must be a finite positive number")
-        return Mlp(f"clip({bound:g})", compiled.MLP_CLIP, bound, _second_moment(compiled.MLP_CLIP, bound))
-    if name not in MLP_CODES:
-        _fail(where, f"unknown mlp nonlinearity {name!r}; use {known}")
-    return Mlp(name, MLP_CODES[name], 0.0, _second_moment(MLP_CODES[name], 0.0))
+        return Mlp(None, 0.0)
+    phi = _nonlinearity(mlp, where)
+    if phi.arity != 1 or phi.code not in compiled.IMPLEMENTED_CODES:
+        _fail(where, f"mlp {phi.name} has no compiled kernel here (Nonlinearity.code {phi.code}); the kernels "
+                     f"implement {MLP_NAMES}")
+    try:
+        return Mlp(phi, _second_moment(phi))
+    except ProgramError as exc:
+        raise ProgramError(f"{where}: {exc}") from None
 
 
 def _architecture(where: str, input_kernel, depth, heads, head_dim, score_exponent, residual_exponent, beta0,
@@ -198,10 +229,9 @@ def _architecture(where: str, input_kernel, depth, heads, head_dim, score_expone
 # ------------------------------------------------------------------------------------------ quadrature rules
 @lru_cache(maxsize=None)
 def _rules() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Gauss–Hermite nodes and weights for E[f(Z)], Z ~ N(0, 1) (negligible weights dropped), and the
+    """netsor's Gauss–Hermite nodes and weights for E[f(Z)], Z ~ N(0, 1) (negligible weights dropped), and the
     Gauss–Legendre rule on [−1, 1]."""
-    nodes, weights = np.polynomial.hermite_e.hermegauss(HERMITE_ORDER)
-    weights = weights / math.sqrt(2 * math.pi)
+    nodes, weights = hermite_rule(HERMITE_ORDER)
     keep = weights > HERMITE_WEIGHT_FLOOR
     legendre_nodes, legendre_weights = np.polynomial.legendre.leggauss(LEGENDRE_ORDER)
     rules = (np.ascontiguousarray(nodes[keep]), np.ascontiguousarray(weights[keep]), legendre_nodes, legendre_weights)
@@ -220,11 +250,12 @@ def mlp_kernel(correlation, mlp) -> np.ndarray:
     clip(c): the same Cholesky split, but the inner expectation over the second coordinate in closed form and
     the outer one by 16-node Gauss–Legendre on pieces split at the kinks ±c and graded towards the smoothed kink
     at ±c/|ρ| (a Gauss–Hermite rule across a kink converges only algebraically: error 1e-2 at order 40);
-    measured error ≤ 1e-15 for |ρ| ≤ 0.99999, c ∈ {0.3, 1, 3}. The diagonal is E[φ(Z)²] (closed form, or
-    adaptive quadrature for tanh and gelu).
+    measured error ≤ 1e-15 for |ρ| ≤ 0.99999, c ∈ {0.3, 1, 3}. The diagonal is E[φ(Z)²] (netsor's closed form,
+    the clip formula, or netsor's limit for tanh and gelu, error bound < 1e-10).
+    mlp: a name ("relu", "clip(1.5)", …) or a netsor Nonlinearity with a compiled kernel (`netsor.relu`, …).
     """
     spec = _mlp(mlp, "mlp_kernel")
-    if spec.code == compiled.MLP_NONE:
+    if spec.phi is None:
         raise ProgramError("mlp_kernel: mlp must be a nonlinearity, not None")
     try:
         correlation = np.array(correlation, dtype=float)
@@ -244,19 +275,15 @@ def mlp_kernel(correlation, mlp) -> np.ndarray:
 def mlp_weight(mlp) -> float:
     """w₂ = 1/E[φ(Z)²], the MLP output scale that gives the branch unit variance (2 for relu)."""
     spec = _mlp(mlp, "mlp_weight")
-    if spec.code == compiled.MLP_NONE:
+    if spec.phi is None:
         raise ProgramError("mlp_weight: mlp must be a nonlinearity, not None")
     return spec.weight
 
 
 # ------------------------------------------------------------------------------------------ compiled helpers, blocks
 def _map_blocks(work, blocks: int) -> list:
-    """[work(b) for b in range(blocks)] on a thread pool (the compiled kernels and numpy's draws release the GIL)."""
-    workers = min(blocks, os.cpu_count() or 1)
-    if workers <= 1:
-        return [work(b) for b in range(blocks)]
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(work, range(blocks)))
+    """[work(b) for b in range(blocks)] on netsor's block runner (the compiled kernels release the GIL)."""
+    return list(map_blocks(work, range(blocks)))
 
 
 def _block_range(block: int, total: int) -> tuple[int, int]:
@@ -286,7 +313,7 @@ def sample_kernels(input_kernel, depth, heads, head_dim=None, score_exponent=0.5
 
     K ← K + (c²/H) Σ_h A_h G_h A_hᵀ then K ← K + c² w₂ Φ(LN(K)) per block (module docstring). heads = math.inf
     gives the deterministic kernel_recursion (2^20 Monte Carlo draws per block) repeated for every sample.
-    mlp: None, "identity", "relu", "erf", "tanh", "gelu" or "clip(c)".
+    mlp: None, "identity", "relu", "erf", "tanh", "gelu", "clip(c)", or the netsor Nonlinearity of one of them.
     """
     where = "sample_kernels"
     arch = _architecture(where, input_kernel, depth, heads, head_dim, score_exponent, residual_exponent, beta0, mlp)
@@ -410,7 +437,7 @@ def _recursion(arch: Architecture, samples: int, root) -> KernelRecursion:
     correlation, branch, inverse_sd = np.empty((s, s, lanes)), np.empty((s, s, lanes)), np.empty((s, lanes))
     for layer in range(arch.depth):
         kernels += arch.branch_weight * _head_kernel_means(arch, _layer_norm_lanes(kernels), samples, root, layer)
-        if arch.mlp.code != compiled.MLP_NONE:
+        if arch.mlp.phi is not None:
             compiled.add_mlp_branch_lanes(kernels, arch.branch_weight * arch.mlp.weight, arch.mlp.code,
                                           arch.mlp.bound, arch.mlp.second_moment, *_rules(), correlation, branch,
                                           inverse_sd, lanes)

@@ -11,9 +11,10 @@ Layout (each layer uses only the ones above it):
                                        quadrature, symbolic printing
     netsor.finite                      finite-width interpreters: dense, lazy, exact (plan, fronts, block, fused
                                        linear kernel), coupled draws, the block runner, `simulate`
+    netsor.parallel                    the one block runner (thread pool, results in order)
     netsor.testing, netsor.quadrature  public helpers: covariance checks, Gaussian quadrature rules
 """
-from . import compiled, quadrature, random, testing
+from . import compiled, parallel, quadrature, random, testing
 from .errors import ProgramError
 from .finite.coupled import CoupledDraws, simulate_coupled
 from .finite.dense import block_size as dense_block_size
@@ -65,7 +66,8 @@ __all__ = [
     "ProgramError", "Program", "Node", "Vector", "Scalar", "Matrix", "Input", "MatMul", "Nonlin", "LinComb",
     "Moment", "Dot", "ScalarFn", "SoftmaxEntry", "matmul", "nonlin", "lincomb", "moment", "dot", "scalar_fn",
     "softmax", "check_covariance", "limit", "Law", "GaussianLaw", "simulate", "simulate_with_moments",
-    "simulate_coupled", "CoupledDraws", "dense_block_size", "Nonlinearity", "Clip", "LeakyRelu", "identity", "relu", "erf", "tanh",
-    "gelu", "square", "clip", "leaky_relu", "from_sympy", "layernorm", "residual", "feedforward", "mean_pool",
-    "compiled", "quadrature", "random", "testing",
+    "simulate_coupled", "CoupledDraws", "dense_block_size", "Nonlinearity", "Clip", "LeakyRelu", "identity",
+    "relu", "erf", "tanh", "gelu", "square", "clip", "leaky_relu", "from_sympy", "layernorm", "residual",
+    "feedforward", "mean_pool",
+    "compiled", "parallel", "quadrature", "random", "testing",
 ]

@@ -8,6 +8,8 @@ import numpy as np
 
 from .errors import ProgramError
 
+__all__ = ["seed_sequence", "stream", "check_size"]
+
 
 def seed_sequence(seed) -> np.random.SeedSequence:
     """The root SeedSequence for an int, a SeedSequence, or None (fresh OS entropy)."""

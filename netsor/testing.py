@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
+__all__ = ["relative_frobenius_error", "frobenius_tolerance", "cov_check", "assert_cov_close",
+           "two_sample_cov_check"]
+
 
 def relative_frobenius_error(samples: np.ndarray, cov: np.ndarray) -> float:
     """‖Ĉ − C‖_F / ‖C‖_F for the sample covariance Ĉ of (N, k) samples."""

@@ -114,7 +114,8 @@ assert kde_means[16] > 10 * floor
 resolved = mixture_fit.points[mixture_fit.points["used"]]
 assert resolved["kl"].min() < floor / 10, resolved  # resolved values an order of magnitude under the KDE floor
 assert 1.3 < mixture_fit.exponent < 2.5 and mixture_fit.ci[0] > 1.0, mixture_fit
-assert coupled_fit.points["used"].sum() >= 4 and coupled_fit.points.loc[coupled_fit.points["used"], "width"].max() >= 4096
+used = coupled_fit.points["used"]
+assert used.sum() >= 4 and coupled_fit.points.loc[used, "width"].max() >= 4096
 
 
 def local_slopes(fit):

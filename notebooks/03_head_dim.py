@@ -12,10 +12,10 @@
 #
 # **Claim.** When each head has a fixed dimension N (here N = 64) while the width n grows, the scores are
 # p = Qᵀ K / sqrt(N) with Q, K ∈ R^{N×s} — not Gaussian: variance-gamma marginals with excess kurtosis 6/N
-# (DESIGN §4). The correct n → ∞ limit keeps that exact finite-N score law (the *fixed-N limit*); the
-# Gaussian-score limit of SKI25 is its N → ∞ approximation. So KL(finite n ‖ fixed-N limit) keeps falling with n,
-# while KL(finite n ‖ Gaussian-score limit) levels off at KL(fixed-N limit ‖ Gaussian-score limit), a gap that
-# shrinks as heads are added (H = 1, 4, 16).
+# (README, *Attention regimes*). The correct n → ∞ limit keeps that exact finite-N score law (the
+# *fixed-N limit*); the Gaussian-score limit of SKI25 is its N → ∞ approximation. So KL(finite n ‖ fixed-N limit)
+# keeps falling with n, while KL(finite n ‖ Gaussian-score limit) levels off at KL(fixed-N limit ‖ Gaussian-score
+# limit), a gap that shrinks as heads are added (H = 1, 4, 16).
 
 # %%
 import os

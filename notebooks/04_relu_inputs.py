@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 
-import netsor
 from limits import attention_layer, fit_rate, kl_vs_width, plot
 from netsor.testing import cov_check
 

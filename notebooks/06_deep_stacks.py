@@ -13,8 +13,9 @@
 # SKI25 stops at one attention layer and names the deep case as open. netsor derives a limit for a stack of
 # pre-LN transformer blocks (BCP24's parameterisation: branches scaled by beta0·L^(−α_L), scores by d^(−α_A))
 # from the program: scores of block ℓ are Gaussian *conditional on the earlier random scalars*, with the
-# conditional Isserlis covariance; LayerNorm and MLP kernels are conditional on them too (DESIGN §3, last
-# bullet). That is a conjecture, so this notebook measures it against exact finite-width networks.
+# conditional Isserlis covariance; LayerNorm and MLP kernels are conditional on them too
+# (README, *Netsor programs and their limits*). That is a conjecture, so this notebook measures it against exact
+# finite-width networks.
 #
 # **Claims.**
 # (a) The program's limit (`netsor.limit`) and the compiled kernel-level nested sampler
@@ -37,7 +38,7 @@ import numpy as np
 from scipy import stats
 
 from limits import fit_rate, kernel_vs_heads, kl_vs_width, plot, transformer
-from netsor.gaussian import GaussianLaw
+from netsor import GaussianLaw
 
 FIGURES = Path(os.environ.get("NETSOR_FIGURES", "figures"))
 FULL = os.environ.get("NETSOR_FULL") == "1"

@@ -1,4 +1,4 @@
-"""Numba kernels of the lazy interpreter (netsor.lazy): one MatMul batch per call, all networks of a block.
+"""Numba kernels of the lazy interpreter (netsor.finite.lazy): one MatMul batch per call, all networks of a block.
 
 A batch draws W X given its arguments X (S, k, n_in): per network the row covariance G = scale · X Xᵀ, its
 semidefinite Cholesky factor L, and n_out rows L z with z ~ N(0, I_k), fused so the normals are never stored. The

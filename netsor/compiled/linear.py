@@ -5,7 +5,7 @@ import numba
 import numpy as np
 
 from .linalg import RANK_RTOL, softmax_into
-from .wishart import _chi_constants, chisquare
+from .wishart import _chi_constants, bartlett_into
 
 _JIT = dict(nogil=True, cache=True)
 
@@ -31,11 +31,7 @@ def bipartite_gram(rng_xi, rng_normal, rng_chi, dof, A, B, rows, limit):
                     out[s, A[i], B[j]] = xi[i, j]
                     out[s, B[j], A[i]] = xi[i, j]
             continue
-        for i in range(a):
-            for j in range(i):
-                T[i, j] = rng_normal.standard_normal()
-        for i in range(a):
-            T[i, i] = np.sqrt(chisquare(rng_chi, dof - i, bs[i], cs[i]))
+        bartlett_into(rng_normal, rng_chi, dof, bs, cs, T)
         for i in range(a):
             for j in range(b):
                 acc = rows[s, A[i]] * rows[s, B[j]]
@@ -83,13 +79,26 @@ def add_scaled_at(c, term, weight, at):
 
 
 # ---------------------------------------------------------------------------------------- fused linear programs
-# The linear part of an exact block as a list of operations on per-network registers (netsor.exact.LinearProgram),
-# run network by network in one kernel: the random streams are consumed in the same order as by the kernels above
-# (each stream network by network), so the draws are those of the step-by-step path.
+# The linear part of an exact block as a list of operations on per-network registers
+# (netsor.finite.exact.linear.LinearProgram), run network by network in one kernel: the random streams are consumed
+# in the same order as by the kernels above (each stream network by network), so the draws are those of the step-by-
+# step path.
 OP_NORMALS, OP_BIPARTITE, OP_WISHART, OP_WISHART_Z, OP_CONST, OP_ZERO, OP_AXPY, OP_FACTOR, OP_GEMV, OP_DOT, \
     OP_SOFTMAX, OP_OUT_SCALAR, OP_OUT_VECTOR, OP_WEIGHTS = range(14)
 OP_FIELDS = 15
 LINEAR_TILE = 64  # networks whose registers are held at once (each operation runs over them)
+
+
+@numba.njit(inline="always", **_JIT)
+def _bartlett_lanes(rng_normal, rng_chi, dof, bs, cs, reg, T, m, lanes, factor):
+    """`bartlett_into` for each of `lanes` networks, into registers reg[T + i·m + j, t] (row-major m × m per lane);
+    factor: (≥ m, ≥ m) scratch. Both streams are read network by network, as bartlett_wishart reads them."""
+    local = factor[:m, :m]
+    for t in range(lanes):
+        bartlett_into(rng_normal, rng_chi, dof, bs, cs, local)
+        for i in range(m):
+            for j in range(i + 1):
+                reg[T + i * m + j, t] = local[i, j]
 
 
 @numba.njit(**_JIT)
@@ -99,6 +108,18 @@ def max_softmax(ops):
     for o in range(ops.shape[0]):
         if ops[o, 0] == OP_SOFTMAX:
             largest = max(largest, ops[o, 2])
+    return largest
+
+
+@numba.njit(**_JIT)
+def max_bartlett(ops):
+    """The largest Bartlett factor among the operations (scratch for one network's)."""
+    largest = 1
+    for o in range(ops.shape[0]):
+        if ops[o, 0] == OP_BIPARTITE:
+            largest = max(largest, ops[o, 5])
+        elif ops[o, 0] == OP_WISHART:
+            largest = max(largest, ops[o, 4])
     return largest
 
 
@@ -115,6 +136,7 @@ def run_linear(gens, ops, ip, fp, registers, S, k, F):
     reg = np.zeros((registers, LINEAR_TILE))
     peak, mass = np.empty(LINEAR_TILE), np.empty(LINEAR_TILE)  # softmax scratch
     gathered = np.empty((max_softmax(ops), LINEAR_TILE))
+    factor = np.zeros((max_bartlett(ops), max_bartlett(ops)))  # one network's Bartlett factor
     n = ops.shape[0]
     for s0 in range(0, S, LINEAR_TILE):
         nt = min(LINEAR_TILE, S - s0)
@@ -237,13 +259,7 @@ def run_linear(gens, ops, ip, fp, registers, S, k, F):
                     for i in range(a):
                         for j in range(b):
                             reg[xi + i * b + j, t] = rx.standard_normal()
-                for t in range(nt):
-                    for i in range(a):
-                        for j in range(i):
-                            reg[T + i * a + j, t] = rn.standard_normal()
-                for t in range(nt):
-                    for i in range(a):
-                        reg[T + i * a + i, t] = np.sqrt(chisquare(rc, dof - i, fp[chi + i], fp[chi + a + i]))
+                _bartlett_lanes(rn, rc, dof, fp[chi:chi + a], fp[chi + a:chi + 2 * a], reg, T, a, nt, factor)
                 for i in range(a):
                     for j in range(b):
                         e, f = g + ip[A + i] * r + ip[B + j], g + ip[B + j] * r + ip[A + i]
@@ -263,13 +279,7 @@ def run_linear(gens, ops, ip, fp, registers, S, k, F):
             elif code == OP_WISHART:  # as bartlett_wishart: G = T Tᵀ + rows rowsᵀ (rows = -1: none)
                 rn, rc = gens[ops[o, 1]], gens[ops[o, 2]]
                 dof, r, rows, g, chi, T = ops[o, 3], ops[o, 4], ops[o, 5], ops[o, 6], ops[o, 7], ops[o, 8]
-                for t in range(nt):
-                    for i in range(r):
-                        for j in range(i):
-                            reg[T + i * r + j, t] = rn.standard_normal()
-                for t in range(nt):
-                    for i in range(r):
-                        reg[T + i * r + i, t] = np.sqrt(chisquare(rc, dof - i, fp[chi + i], fp[chi + r + i]))
+                _bartlett_lanes(rn, rc, dof, fp[chi:chi + r], fp[chi + r:chi + 2 * r], reg, T, r, nt, factor)
                 for i in range(r):
                     for j in range(i + 1):
                         e, f = g + i * r + j, g + j * r + i

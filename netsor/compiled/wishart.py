@@ -50,6 +50,19 @@ def chisquare(rng, df, b, c):
             return 2.0 * b * V
 
 
+@numba.njit(inline="always", **_JIT)
+def bartlett_into(rng_normal, rng_chi, dof, bs, cs, T):
+    """One Bartlett factor into the lower triangle of T (M × M; the upper triangle is left as it is): T_ij ~ N(0, 1)
+    for i > j row by row from rng_normal, then T_ii = sqrt(χ²_{dof−i}) from rng_chi, so T Tᵀ ~ Wishart(dof, I_M)
+    (dof ≥ M). bs, cs: `_chi_constants(dof, M)`. The one Bartlett draw every sampler uses."""
+    M = T.shape[0]
+    for i in range(M):
+        for j in range(i):
+            T[i, j] = rng_normal.standard_normal()
+    for i in range(M):
+        T[i, i] = np.sqrt(chisquare(rng_chi, dof - i, bs[i], cs[i]))
+
+
 @numba.njit(**_JIT)
 def bartlett_wishart(rng_normal, rng_chi, dof, M, S, rows):
     """(S, M, M) draws of Wishart(dof, I_M) = T Tᵀ (dof ≥ M): per network, the below-diagonal T_ij ~ N(0, 1) row
@@ -60,11 +73,7 @@ def bartlett_wishart(rng_normal, rng_chi, dof, M, S, rows):
     extra = rows.shape[1] > 0
     bs, cs = _chi_constants(dof, M)
     for s in range(S):
-        for i in range(M):
-            for j in range(i):
-                T[i, j] = rng_normal.standard_normal()
-        for i in range(M):
-            T[i, i] = np.sqrt(chisquare(rng_chi, dof - i, bs[i], cs[i]))
+        bartlett_into(rng_normal, rng_chi, dof, bs, cs, T)
         for i in range(M):
             for j in range(i + 1):
                 acc = 0.0
@@ -83,11 +92,7 @@ def bartlett_factor(rng_normal, rng_chi, dof, M, S):
     T = np.zeros((S, M, M))
     bs, cs = _chi_constants(dof, M)
     for s in range(S):
-        for i in range(M):
-            for j in range(i):
-                T[s, i, j] = rng_normal.standard_normal()
-        for i in range(M):
-            T[s, i, i] = np.sqrt(chisquare(rng_chi, dof - i, bs[i], cs[i]))
+        bartlett_into(rng_normal, rng_chi, dof, bs, cs, T[s])
     return T
 
 

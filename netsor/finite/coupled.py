@@ -9,7 +9,8 @@ from .runner import checked_arguments, run_blocks_in_parts
 
 
 def simulate_coupled(program: Program, width: int, variables, size: int, seed=None):
-    """Finite-width and limit draws from common random numbers (DESIGN §5), with their conditional moments.
+    """Finite-width and limit draws from common random numbers (README, *Exact finite-width sampling*), with their
+    conditional moments.
 
     Returns a `CoupledDraws`: `finite` and `limit` (size, k) — each has exactly its own law (the finite-width
     law at `width`, the infinite-width law), but both are driven by the same row-0 normals and Bartlett

@@ -103,7 +103,8 @@ def _simulate_block(program: Program, width: int, targets, rows, root, block: in
             w = values[node.matrix.index][:, :r, :]
             cols = w.shape[2]
             # scale the O(n) product rather than the O(n²) matrix: W = sqrt(var/cols) · standard normal entries
-            values[node.index] = np.sqrt(node.matrix.var / cols) * np.matmul(w, values[node.arg.index][:, :, None])[:, :, 0]
+            product = np.matmul(w, values[node.arg.index][:, :, None])[:, :, 0]
+            values[node.index] = np.sqrt(node.matrix.var / cols) * product
         else:  # derived nodes: the semantics every interpreter shares
             values[node.index] = derived_value(node, lambda a: values[a.index], width, values, rows=r)
     out = np.empty((count, len(targets)))

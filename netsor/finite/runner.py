@@ -3,14 +3,12 @@ its own random streams, run on a thread pool and written in order."""
 from __future__ import annotations
 
 import numbers
-import os
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from ..errors import ProgramError
 from ..ir.program import Program
+from ..parallel import map_blocks
 from ..random import check_size, seed_sequence
 
 
@@ -48,15 +46,10 @@ def run_blocks_in_parts(work, size: int, block: int, shapes, threads) -> list[np
 def _run_blocks(work, size: int, block: int, columns: int, chunk_size, threads) -> np.ndarray:
     """work((block index, start, count)) → (count, columns) for every block of networks, in parallel, written in
     order into one array; chunk_size bounds how many networks are in flight at once."""
-    threads = threads or os.cpu_count() or 1
     blocks = [(b, start, min(block, size - start)) for b, start in enumerate(range(0, size, block))]
-    # a chunk is a run of whole blocks; chunk_size only bounds memory
-    per_chunk = max(threads, (chunk_size or block * threads) // block)
     out = np.empty((size, columns))
-    # our threads split the networks; BLAS threads on top of them only contend for the same cores
-    with ThreadPoolExecutor(max_workers=threads) as pool, threadpool_limits(1 if threads > 1 else None, "blas"):
-        for i in range(0, len(blocks), per_chunk):
-            chunk = blocks[i:i + per_chunk]
-            for (b, start, count), res in zip(chunk, pool.map(work, chunk)):
-                out[start:start + count] = res
+    # chunk_size only bounds memory: how many networks' results are in flight at once
+    in_flight = None if chunk_size is None else max(1, chunk_size // block)
+    for (b, start, count), res in zip(blocks, map_blocks(work, blocks, threads, in_flight)):
+        out[start:start + count] = res
     return out

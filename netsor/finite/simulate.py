@@ -1,8 +1,8 @@
 """Finite-width interpreters: run a program at width n and report coordinate 0 of each requested variable.
 
-method="dense" builds real Gaussian matrices and multiplies them, the brute-force reference every faster method
-is checked against; method="exact" (netsor.exact) draws the same law from Gram matrices at a cost independent of n;
-method="lazy" (netsor.lazy) runs any program at O(n) per network, drawing each MatMul from the Gram of its
+method="dense" builds real Gaussian matrices and multiplies them, the brute-force reference every faster method is
+checked against; method="exact" (netsor.finite.exact) draws the same law from Gram matrices at a cost independent of
+n; method="lazy" (netsor.finite.lazy) runs any program at O(n) per network, drawing each MatMul from the Gram of its
 arguments given the matrix's earlier uses, never an n×n matrix. Networks are processed in blocks; each block draws
 every input group and matrix from its own stream keyed by (seed, block, node), so results do not depend on chunk
 size or thread count. Dense draws only the rows of a matrix that some requested coordinate depends on, and rows are
@@ -30,9 +30,9 @@ def simulate(program: Program, width: int, variables, size: int, seed=None, meth
     """Coordinate 0 of each requested variable (scalars: their value) in `size` independent width-`width` networks.
 
     method: "dense" multiplies real Gaussian matrices (any program, O(n²) per network); "exact" draws the same
-    law from Gram matrices at a cost independent of n (programs linear in their vectors, see `netsor.exact`);
+    law from Gram matrices at a cost independent of n (programs linear in their vectors, see `netsor.finite.exact`);
     "lazy" draws the same law for any program at O(n) per network, each MatMul from the Gram of its arguments
-    given the matrix's earlier uses (see `netsor.lazy`); "auto" (the default) uses exact wherever it applies and
+    given the matrix's earlier uses (see `netsor.finite.lazy`); "auto" (the default) uses exact wherever it applies and
     lazy elsewhere.
 
     Returns an array (size, len(variables)). `chunk_size` bounds how many networks are held in memory at once;
@@ -69,10 +69,11 @@ def simulate_with_moments(program: Program, width: int, variables, size: int, se
     but the last Gaussian rows: the finite-width law is the Gaussian mixture mean_m N(means_m, covs_m), the
     component form the "mixture" KL estimator needs.
 
-    method="auto" takes "exact" wherever it applies and "lazy" elsewhere. method="exact" conditions on the Grams and random scalars (programs `netsor.exact` reduces). method="lazy"
-    conditions on everything else the lazy interpreter draws: every vector target must be a MatMul whose
-    coordinate 0 feeds nothing else (coordinate 0 of the targets by one matrix W is then jointly Gaussian, from
-    W's row 0 given its other uses; different matrices independent), a scalar target is its value (covariance 0).
+    method="auto" takes "exact" wherever it applies and "lazy" elsewhere. method="exact" conditions on the Grams and
+    random scalars (programs the exact sampler reduces, `netsor.finite.exact`). method="lazy" conditions on
+    everything else the lazy interpreter draws: every vector target must be a MatMul whose coordinate 0 feeds
+    nothing else (coordinate 0 of the targets by one matrix W is then jointly Gaussian, from W's row 0 given its
+    other uses; different matrices independent), a scalar target is its value (covariance 0).
 
     Returns (draws (size, k), means (size, k), covs (size, k, k)); draws equal `simulate`'s for the same seed.
     """

@@ -49,7 +49,7 @@ class _Calculus:
     """Limit kernels of one program, deterministic (B = 1) or conditional on a block of samples (B = S).
 
     Every value is an array with a sample axis of length B: scalars (B,), kernels (k, k, B) (sample-last, see
-    `_compiled`). Parts that do not depend on the sampled randomness are delegated to `base`, the
+    `netsor.compiled`). Parts that do not depend on the sampled randomness are delegated to `base`, the
     deterministic calculus shared by all blocks.
     """
 
@@ -331,19 +331,19 @@ class _Calculus:
             return node.moment.phi(*(self.evaluate(a, env, memo, view) for a in node.moment.args))
         if node.index in env:
             value = env[node.index]
-        elif isinstance(node, Nonlin):
-            value = node.phi(*(self.evaluate(a, env, memo, view) for a in node.args))
-        elif isinstance(node, LinComb):
-            value = 0.0
-            for c, arg in zip(node.coeffs, node.args):
-                c = view(self.scalar(c)) if isinstance(c, Scalar) else c
-                value = value + c * self.evaluate(arg, env, memo, view)
+        elif isinstance(node, (Nonlin, LinComb)):  # scalar coefficients arrive already broadcast by `view`
+            value = derived_value(node, lambda a: self.evaluate(a, env, memo, view), 0, self._softmax,
+                                  per_network=_as_is)
         elif isinstance(node, Scalar):
             value = view(self.scalar(node))
         else:
             raise ProgramError(f"{node.name}: cannot evaluate a {type(node).__name__} in the limit")
         memo[node.index] = value
         return value
+
+
+def _as_is(x):
+    return x
 
 
 def _independence_classes(atoms_u, atoms_v) -> list[tuple[list[int], list[int]]]:

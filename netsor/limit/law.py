@@ -17,16 +17,15 @@ covariance computed conditionally: kernels become arrays with one value per samp
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 
 import numpy as np
 from scipy.special import logsumexp
-from threadpoolctl import threadpool_limits
 
 from ..compiled.linalg import sample_gaussian, semidefinite_cholesky
 from ..errors import ProgramError
 from ..ir.program import WIDTH, Dot, Program, Scalar, Vector
+from ..parallel import map_blocks
 from ..random import check_size, seed_sequence, stream
 from .calculus import _Calculus, _Env
 from .gaussian import GaussianLaw
@@ -97,7 +96,8 @@ class Law:
             mean[:, wide] = calc.mean_vector(vs).T
         second[:] = mean[:, :, None] * mean[:, None, :]  # independent given the randomness, or deterministic
         if wide:
-            second[:, np.asarray(wide)[:, None], np.asarray(wide)[None, :]] = calc.kernel_matrix(vs, vs).transpose(2, 0, 1)
+            index = np.asarray(wide)
+            second[:, index[:, None], index[None, :]] = calc.kernel_matrix(vs, vs).transpose(2, 0, 1)
         return mean, second
 
     def _moments(self, variables, pick, error, size, seed):
@@ -189,12 +189,7 @@ class Law:
             self._sample_sources(sources, env, calc, lambda *stage: stream(root, b, 0, *stage))
             return work(env, calc, stream(root, b, 1))
 
-        if threads == 1 or len(blocks) == 1:
-            yield from map(run, blocks)
-            return
-        # our threads split the samples; BLAS threads on top of them only contend for the same cores
-        with ThreadPoolExecutor(max_workers=threads) as pool, threadpool_limits(1, "blas"):
-            yield from pool.map(run, blocks)
+        yield from map_blocks(run, blocks, threads)
 
     def _sample_sources(self, sources, env: _Env, calc: _Calculus, rng_for) -> None:
         levels = sorted({self.structure.level[s.index] for s in sources})
@@ -218,7 +213,8 @@ class Law:
                 z = _normals(rng_for(level, 1, dim), len(group), env.size * dim)
                 if K.shape[2] > 1:  # one covariance per sample, shared by its N rows
                     K = np.ascontiguousarray(np.repeat(K, dim, axis=2))
-                draws = self._gaussian(K, z, ("rows",) + tuple(g.index for g in group)).reshape(len(group), env.size, dim)
+                key = ("rows",) + tuple(g.index for g in group)
+                draws = self._gaussian(K, z, key).reshape(len(group), env.size, dim)
                 for i, g in enumerate(group):
                     env.rows[g.index] = draws[i]
 

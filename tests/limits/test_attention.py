@@ -1,6 +1,7 @@
 """The attention layer's limit, derived from its program, against closed forms, independent Monte Carlo of the
 published formula, and dense finite-width networks."""
 import math
+import time
 import warnings
 
 import numpy as np
@@ -193,6 +194,44 @@ def test_huge_inputs_give_no_nan_and_no_warning():
     assert np.all(np.isfinite(y)) and np.all(np.isfinite(f))
 
 
+@pytest.mark.parametrize("heads", [1, 2])
+@pytest.mark.parametrize("seq_len", [11, 64])
+def test_long_sequences_build_with_distinct_names_and_the_right_scores(seq_len, heads):
+    """Two-digit token indices used to collide (p_111 was both (1, 11) and (11, 1)); every score p^h_ij must be
+    its own node q^h_i·k^h_j, and building 2·64² scores stays fast."""
+    start = time.perf_counter()
+    layer = attention_layer(seq_len=seq_len, heads=heads)
+    assert time.perf_counter() - start < 3.0
+    prog = layer.program
+    names = [node.name for node in prog.nodes]
+    assert len(set(names)) == len(names)
+    dots = [node for node in prog.nodes if isinstance(node, netsor.Dot)]
+    assert len(dots) == heads * seq_len ** 2
+    assert {id(p) for head in layer.scores for row in head for p in row} == {id(d) for d in dots}
+    assert len(layer.scores) == heads and len(layer.attention) == heads and len(layer.outputs) == seq_len
+    for h, head in enumerate(layer.scores, 1):
+        tag = f"^{h}" if heads > 1 else ""
+        queries = [row[0].args[0] for row in head]
+        keys = [p.args[1] for p in head[0]]
+        for q, k, x in zip(queries, keys, layer.inputs):
+            assert isinstance(q, netsor.MatMul) and q.matrix is prog[f"WQ{tag}"] and q.arg is x
+            assert isinstance(k, netsor.MatMul) and k.matrix is prog[f"WK{tag}"] and k.arg is x
+        for i in range(seq_len):
+            assert len(head[i]) == seq_len and len(layer.attention[h - 1][i]) == seq_len
+            for j in range(seq_len):
+                assert head[i][j].args == (queries[i], keys[j])
+        assert prog[f"p{tag}_1,11"] is head[0][10] and prog[f"p{tag}_11,1"] is head[10][0]
+    assert [y.name for y in layer.outputs] == [f"y{i}" for i in range(1, seq_len + 1)]
+    assert [x.name for x in layer.inputs] == [f"x{i}" for i in range(1, seq_len + 1)]
+
+
+def test_tied_scores_are_dots_of_queries():
+    layer = attention_layer(seq_len=11, heads=1, tied_qk=True, scaling="linear")
+    q = [row[0].args[0] for row in layer.scores[0]]
+    assert all(layer.scores[0][i][j].args == (q[i], q[j]) for i in range(11) for j in range(11))
+    assert "WK" not in layer.program
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(seq_len=0), "seq_len must be a positive integer"),
     (dict(heads=0), "heads must be a positive integer or math.inf"),
@@ -201,6 +240,7 @@ def test_huge_inputs_give_no_nan_and_no_warning():
     (dict(inputs="uniform"), "inputs must be one of paper, relu, gaussian"),
     (dict(scaling="cubic"), "scaling must be 'sqrt' or 'linear'"),
     (dict(head_dim=0), "head_dim must be a positive integer"),
+    (dict(head_dim=4, out_proj=False), "without the output projection the head dimension must be n"),
 ])
 def test_bad_arguments(kwargs, message):
     with pytest.raises(netsor.ProgramError, match=message):

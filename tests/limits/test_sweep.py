@@ -128,8 +128,19 @@ def test_dask_backend_equals_local(layer):
         heads_local = kl_vs_heads(heads=[1, 2], seq_len=3, inputs="gaussian", **SMALL)
         heads_remote = kl_vs_heads(heads=[1, 2], seq_len=3, inputs="gaussian", backend="dask", client=client,
                                    **SMALL)
+        # nonlinear tokens: the pickled program reaches the workers with the same clip and relu objects, so the
+        # exact sampler takes the same one-layer front there: drawn from its Gram (paper tokens, clip 100, which no
+        # coordinate reaches) and streamed row by row (clip 1.5, relu)
+        fronts = [attention_layer(seq_len=3, heads=1, inputs="paper"),
+                  attention_layer(seq_len=3, heads=1, inputs="paper", clip=1.5),
+                  attention_layer(seq_len=3, heads=1, inputs="relu")]
+        front_local = [kl_vs_width(f, widths=[16, 1024], seeds=1, **SMALL) for f in fronts]
+        front_remote = [kl_vs_width(f, widths=[16, 1024], seeds=1, backend="dask", client=client, **SMALL)
+                        for f in fronts]
     pd.testing.assert_frame_equal(local.drop(columns="seconds"), remote.drop(columns="seconds"))
     pd.testing.assert_frame_equal(heads_local.drop(columns="seconds"), heads_remote.drop(columns="seconds"))
+    for a, b in zip(front_local, front_remote):
+        pd.testing.assert_frame_equal(a.drop(columns="seconds"), b.drop(columns="seconds"))
     # no client: the sweep starts (and closes) its own two-worker LocalCluster
     own = kl_vs_width(layer, widths=[16], seeds=[1], backend="dask", **SMALL)
     assert own["kl"].iloc[0] == local["kl"].iloc[1]

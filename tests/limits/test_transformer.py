@@ -1,6 +1,8 @@
 """The transformer builder: its program's shape, the BCP24 parameterisation, argument checks, and its limit
 against the compiled nested sampler (an independent derivation) and against exact finite-width networks."""
 import math
+import time
+import types
 
 import numpy as np
 import pytest
@@ -8,7 +10,7 @@ from scipy import integrate, stats
 
 import netsor
 from limits import transformer
-from limits.transformer import mlp_weight_var
+from limits.stack import mlp_weight_var
 
 
 def test_program_shape_and_parameterisation():
@@ -23,12 +25,46 @@ def test_program_shape_and_parameterisation():
     after = block.after_attention[0]
     # x + c·H^{-1/2}(o^1 + o^2)
     np.testing.assert_allclose(after.coeffs, [1.0, 2.0 / 3 / math.sqrt(2), 2.0 / 3 / math.sqrt(2)])
-    assert t.program[f"W2^2"].var == pytest.approx(2.0)  # relu: 1/E[relu(Z)²]
+    assert t.program["W2^2"].var == pytest.approx(2.0)  # relu: 1/E[relu(Z)²]
     assert t.outputs[0].matrix.name == "Wout" and t.outputs[0].arg is t.pooled
     fixed = transformer(depth=1, seq_len=2, heads=1, head_dim=8, score_exponent=1.0, mlp=None)
     q = fixed.blocks[0].scores[0][0][0].args[0]
     assert q.dim == 8 and fixed.blocks[0].scores[0][0][0].exponent == 1.0
     assert fixed.program["WO^1,1"].shape == ("n", 8)
+
+
+def test_long_sequences_build_with_distinct_names():
+    """Kernel entries K^ℓ_ij and scores p^ℓ,h_ij used to collide from seq_len 11 on (K^0_111 for (1, 11) and
+    (11, 1)); each score is still its block's q_i·k_j and each kernel entry x_i·x_j / n."""
+    start = time.perf_counter()
+    t = transformer(depth=2, seq_len=11)
+    assert time.perf_counter() - start < 5.0
+    prog = t.program
+    names = [node.name for node in prog.nodes]
+    assert len(set(names)) == len(names)
+    scores = [p for block in t.blocks for head in block.scores for row in head for p in row]
+    kernels = {id(k) for layer in t.kernels for row in layer for k in row}
+    assert len(scores) == 2 * 2 * 11 ** 2 and len(kernels) == 3 * 11 * 12 // 2
+    assert sum(isinstance(n, netsor.Dot) for n in prog.nodes) == len(scores) + len(kernels)
+    for layer, block in enumerate(t.blocks, 1):
+        for h, head in enumerate(block.scores, 1):
+            queries = [row[0].args[0] for row in head]
+            keys = [p.args[1] for p in head[0]]
+            assert all(isinstance(q, netsor.MatMul) and q.matrix is prog[f"WQ^{layer},{h}"] for q in queries)
+            assert all(isinstance(k, netsor.MatMul) and k.matrix is prog[f"WK^{layer},{h}"] for k in keys)
+            assert [q.arg for q in queries] == [k.arg for k in keys]  # both from the block's LayerNorm(x_i)
+            assert all(head[i][j].args == (queries[i], keys[j]) for i in range(11) for j in range(11))
+            assert prog[f"p^{layer},{h}_1,11"] is head[0][10] and prog[f"p^{layer},{h}_11,1"] is head[10][0]
+    assert prog["K^0_1,11"] is t.kernels[0][0][10] and prog["K^0_11,11"] is t.kernels[0][10][10]
+    assert t.kernels[2][0][10].args == (t.residual[0], t.residual[10])
+
+
+def test_the_builder_function_and_the_module_have_different_names():
+    import limits
+    import limits.stack
+    assert isinstance(limits.stack, types.ModuleType) and callable(limits.transformer)
+    assert limits.transformer is limits.stack.transformer is transformer
+    assert limits.Transformer is limits.stack.Transformer
 
 
 @pytest.mark.parametrize("phi, second_moment", [

@@ -1,7 +1,7 @@
-"""Nonlinear fronts of exact sampling: one streamed layer (`FrontLayer`) or explicit O(n) vectors per network."""
-from __future__ import annotations
+"""Nonlinear fronts of exact sampling: one streamed layer (`FrontLayer`) or explicit O(n) vectors per network.
 
-from typing import TYPE_CHECKING
+Every function takes the `plan.ExactPlan` that builds its front from this module (so this module does not import it)."""
+from __future__ import annotations
 
 import numpy as np
 
@@ -12,9 +12,6 @@ from ...ir.nonlinearities import CODE_CLIP, CODE_IDENTITY, CODE_RELU
 from ...ir.program import WIDTH, Input, MatMul, Matrix, Node
 from ...ir.semantics import derived_value
 from ...random import stream
-
-if TYPE_CHECKING:  # the plan builds its front from this module
-    from .plan import ExactPlan
 
 STREAMED_CODES = (CODE_IDENTITY, CODE_RELU, CODE_CLIP)  # what compiled.front.front_layer_grams applies
 
@@ -32,10 +29,10 @@ class FrontLayer:
 
     Only the inputs' Gram matters: stacked, the front inputs are X = B L₀ᵀ, so XᵀX = L₀ (BᵀB) L₀ᵀ with
     BᵀB ~ Wishart(n, I) (Bartlett). Given it, the rows of each W applied to its arguments A X are iid
-    N(0, σ² A XᵀX Aᵀ/n) = L z, independently across matrices (DESIGN §5); each network streams its n rows
-    through φ, keeping only the columns' Gram and row 0 (O(n) time, no n-vector in memory)."""
+    N(0, σ² A XᵀX Aᵀ/n) = L z, independently across matrices (README, *Exact finite-width sampling*); each network
+    streams its n rows through φ, keeping only the columns' Gram and row 0 (O(n) time, no n-vector in memory)."""
 
-    def __init__(self, plan: ExactPlan, inputs: list[Input], matmuls: dict[int, MatMul]):
+    def __init__(self, plan, inputs: list[Input], matmuls: dict[int, MatMul]):
         offsets: dict[int, int] = {}
         rank = 0
         for x in inputs:
@@ -148,7 +145,7 @@ def _explicit_row_factor(matrix: Matrix, V: np.ndarray) -> np.ndarray:
     return _row_factor(matrix.var / V.shape[1] * np.einsum("sdi,sdj->sij", V, V))
 
 
-def _draw_uses(plan: ExactPlan, matrix: Matrix, L: np.ndarray, rng, rows: int, values: dict) -> None:
+def _draw_uses(plan, matrix: Matrix, L: np.ndarray, rng, rows: int, values: dict) -> None:
     """W V = Z Lᵀ with Z (S, rows, k) standard normal: the explicit rows of every MatMul by W, into `values`."""
     args = plan.args[matrix.index]
     drawn = standard_normals(rng, np.empty((L.shape[0], rows, len(args)))) @ L.transpose(0, 2, 1)
@@ -157,7 +154,7 @@ def _draw_uses(plan: ExactPlan, matrix: Matrix, L: np.ndarray, rng, rows: int, v
         values[use.index] = drawn[:, :, position[use.arg.index]]
 
 
-def _front_values(plan: ExactPlan, width: int, root, block: int, S: int) -> dict:
+def _front_values(plan, width: int, root, block: int, S: int) -> dict:
     """The explicit front of `S` networks: vectors (S, n), scalars (S,)."""
     values: dict = {}
 

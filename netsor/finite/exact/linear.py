@@ -16,7 +16,7 @@ class _Unsupported(Exception):
 
 class LinearProgram:
     """The linear part of a block (no front, width-n vectors only, scalars that are dots and softmax entries) as
-    operations with integer operands on per-network registers, run by one compiled kernel (`_compiled.run_linear`,
+    operations with integer operands on per-network registers, run by one compiled kernel (`compiled.linear.run_linear`,
     over tiles of networks, without the GIL) with no Python between steps. It mirrors the step-by-step path of
     `simulate_exact_block` (limit=False) operation by operation and reads the same random streams in the same
     order, so its draws are that path's up to rounding, and stay coupled to the limit draws (`simulate_coupled`)."""
@@ -103,7 +103,7 @@ class LinearProgram:
         return len(self.keys) - 1
 
     def chi(self, dof: int, m: int) -> int:
-        """Marsaglia–Tsang's constants b, c for χ²_{dof−i}, i < m (as _compiled._chi_constants)."""
+        """Marsaglia–Tsang's constants b, c for χ²_{dof−i}, i < m (as compiled.wishart._chi_constants)."""
         b = [(dof - i) / 2.0 - 1.0 / 3.0 for i in range(m)]
         return self.const(b + [1.0 / np.sqrt(9.0 * x) if x > 0.0 else 0.0 for x in b])
 

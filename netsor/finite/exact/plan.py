@@ -1,4 +1,4 @@
-"""Exact finite-width sampling at a cost that does not depend on the width (DESIGN §5).
+"""Exact finite-width sampling at a cost that does not depend on the width (README, *Exact finite-width sampling*).
 
 In a program that is linear in its vectors (inputs, MatMuls, linear combinations with constant or scalar
 coefficients, dots and scalar functions), every vector is v = B c_v for one n×M matrix B of iid N(0, 1) entries:
@@ -22,8 +22,8 @@ width to N has rows iid N(0, σ² CᵀGC/n); a MatMul from N to the width opens 
 σ² UᵀU/N from those explicit rows.
 
 A nonlinear *front* (tokens x_i = clip(W^i h), relu(W^i h): everything upstream of a width-n non-identity
-nonlinearity or moment) is computed explicitly at O(n) per network — a MatMul of explicit vectors V is drawn as Z Lᵀ with
-L Lᵀ = σ² VᵀV/n, never as an n×n matrix — and the explicit vectors the linear part uses become basis columns
+nonlinearity or moment) is computed explicitly at O(n) per network — a MatMul of explicit vectors V is drawn as
+Z Lᵀ with L Lᵀ = σ² VᵀV/n, never as an n×n matrix — and the explicit vectors the linear part uses become basis columns
 whose Gram and row 0 are known exactly. A front of one layer, φ(W x) of inputs x with φ identity, relu or clip
 (`FrontLayer`), needs only the inputs' Gram and is streamed row by row through a compiled kernel, keeping only the
 columns' Gram and row 0; with clip bounds its columns rarely reach, it is drawn from its Gram alone (no clip can
@@ -96,7 +96,8 @@ class ExactPlan:
                 self.columns[("front", node.index)] = slice(size, size + 1)
                 size += 1
         if front_groups & linear_groups:
-            _refuse(next(n for n in self.needed if isinstance(n, Input) and id(n.group) in front_groups & linear_groups),
+            shared = front_groups & linear_groups
+            _refuse(next(n for n in self.needed if isinstance(n, Input) and id(n.group) in shared),
                     "inputs declared together are used both before and after a nonlinearity")
         for node in self.needed:
             if isinstance(node, Input) and node.index not in self.front and id(node.group) not in self.columns:

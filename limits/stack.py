@@ -10,10 +10,12 @@ readout f = W_out (1/s) Σ_i x^L_i, coordinate 0 the network output. All matrice
 except W_2, whose variance 1/E[φ(Z)²] gives the MLP branch unit variance.
 
 The infinite-width law is derived from the program by `netsor.limit`: scores of block 1 are Gaussian (SKI25),
-scores of block ℓ > 1 Gaussian conditional on the earlier random scalars with the conditional covariance (the
-conjecture of DESIGN §3, checked against finite width by `kl_vs_width`). `nested_kernels` samples the same law at
+scores of block ℓ > 1 Gaussian conditional on the earlier random scalars with the conditional covariance (a
+conjecture, checked against finite width by `kl_vs_width`). `nested_kernels` samples the same law at
 the level of s×s token kernels (`limits.transformer_limit`, compiled), an independent derivation that is also
 fast; `kernel_recursion` is its H → ∞ limit, a deterministic kernel recursion.
+Block ℓ's heads come from `limits.blocks.attention_block` with tag ℓ (names p^ℓ,h_i,j, o^ℓ,h_i); kernel entries
+are K^ℓ_i,j. (This module is `limits.stack`; `limits.transformer` is the builder function.)
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ import numpy as np
 import netsor
 from netsor import ProgramError
 
-from .attention import _count, _tokens
+from .blocks import _count, _tokens, attention_block
 
 WHERE = "transformer"
 
@@ -146,28 +148,14 @@ def transformer(depth: int = 2, seq_len: int = 4, heads: int = 2, head_dim: int 
         raise ProgramError(f"{WHERE}: mlp must be a nonlinearity name or None, got {mlp!r}")
     prog = netsor.Program(name)
     tokens = xs = _tokens(prog, seq_len, inputs, clip, WHERE)
-    dim = "n" if head_dim is None else head_dim
     c = beta0 * depth ** (-residual_exponent)
     w2_var = mlp_weight_var(mlp) if mlp is not None else 1.0
     kernels = [_kernel_nodes(xs, 0)]
     blocks = []
     for layer in range(1, depth + 1):
         u = [netsor.layernorm(x, name=f"u^{layer}_{i}") for i, x in enumerate(xs, 1)]
-        scores, attention, head_outputs = [], [], []
-        for h in range(1, heads + 1):
-            tag = f"^{layer},{h}"
-            WQ, WK, WV = (prog.matrix(f"W{t}{tag}", shape=(dim, "n")) for t in "QKV")
-            WO = prog.matrix(f"WO{tag}", shape=("n", dim))
-            q = [netsor.matmul(WQ, x, name=f"q{tag}_{i}") for i, x in enumerate(u, 1)]
-            k = [netsor.matmul(WK, x, name=f"k{tag}_{i}") for i, x in enumerate(u, 1)]
-            v = [netsor.matmul(WV, x, name=f"v{tag}_{i}") for i, x in enumerate(u, 1)]
-            p = [[netsor.dot(q[i], k[j], scale=score_exponent, name=f"p{tag}_{i + 1}{j + 1}")
-                  for j in range(seq_len)] for i in range(seq_len)]
-            a = [netsor.softmax(row, name=f"A{tag}_{i + 1}") for i, row in enumerate(p)]
-            head_outputs.append([netsor.matmul(WO, netsor.lincomb(a[i], v, name=f"m{tag}_{i + 1}"),
-                                               name=f"o{tag}_{i + 1}") for i in range(seq_len)])
-            scores.append(tuple(tuple(row) for row in p))
-            attention.append(tuple(a))
+        attn = attention_block(prog, u, heads, head_dim, score_exponent, tag=str(layer), where=WHERE)
+        head_outputs = attn.head_outputs
         after_attention = tuple(
             netsor.lincomb([1.0] + [c * heads ** -0.5] * heads, [xs[i]] + [o[i] for o in head_outputs],
                            name=f"xa^{layer}_{i + 1}") for i in range(seq_len))
@@ -178,17 +166,16 @@ def transformer(depth: int = 2, seq_len: int = 4, heads: int = 2, head_dim: int 
                                                              name=f"z^{layer}_{i}"), c, name=f"x^{layer}_{i}")
                        for i, x in enumerate(xs, 1))
         kernels.append(_kernel_nodes(xs, layer))
-        blocks.append(TransformerBlock(tuple(scores), tuple(attention), tuple(tuple(o) for o in head_outputs),
-                                       after_attention, tuple(xs)))
+        blocks.append(TransformerBlock(attn.scores, attn.attention, head_outputs, after_attention, tuple(xs)))
     pooled = netsor.mean_pool(xs, name="pool")
     f = netsor.matmul(prog.matrix("Wout"), pooled, name="f")
-    return Transformer(prog, tuple(tokens), tuple(blocks), pooled, (f,), tuple(kernels), depth, seq_len, heads, head_dim, score_exponent,
-                       residual_exponent, beta0, mlp, w2_var)
+    return Transformer(prog, tuple(tokens), tuple(blocks), pooled, (f,), tuple(kernels), depth, seq_len, heads,
+                       head_dim, score_exponent, residual_exponent, beta0, mlp, w2_var)
 
 
 def _kernel_nodes(xs, layer: int) -> tuple:
-    """K_ij = x_i·x_j / n as scalar nodes, symmetric (one node per pair)."""
+    """K_ij = x_i·x_j / n as scalar nodes, symmetric (one node per pair), named K^ℓ_i,j."""
     s = len(xs)
-    upper = {(i, j): netsor.dot(xs[i], xs[j], scale="linear", name=f"K^{layer}_{i + 1}{j + 1}")
+    upper = {(i, j): netsor.dot(xs[i], xs[j], scale="linear", name=f"K^{layer}_{i + 1},{j + 1}")
              for i in range(s) for j in range(i, s)}
     return tuple(tuple(upper[min(i, j), max(i, j)] for j in range(s)) for i in range(s))
