@@ -99,8 +99,8 @@ def test_logpdf_of_a_gaussian_law_is_exact():
     law = netsor.limit(prog)
     points = np.array([[0.1, -0.2, 0.3], [1.0, 2.0, -1.0]])
     cov = law.cov([x, y, h])
-    np.testing.assert_allclose(law.logpdf(points, [x, y, h]), stats.multivariate_normal(np.zeros(3), cov).logpdf(points),
-                               rtol=1e-12)
+    np.testing.assert_allclose(law.logpdf(points, [x, y, h]),
+                               stats.multivariate_normal(np.zeros(3), cov).logpdf(points), rtol=1e-12)
     with pytest.raises(netsor.ProgramError, match="last dimension 3"):
         law.logpdf(np.zeros((2, 2)), [x, y, h])
 

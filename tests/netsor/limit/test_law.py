@@ -5,8 +5,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import netsor
-from limits import mlp
 from netsor.testing import assert_cov_close, cov_check
+from tests.programs import mlp
 
 SIGMA = np.array([[1.0, 0.6], [0.6, 1.5]])
 WEIGHT_VAR = 2.0

@@ -1,11 +1,11 @@
-"""Dense finite-width simulation (method="dense" throughout): agreement with the limit at large width, visible disagreement at width 4,
-exact finite-n facts, and determinism under chunking, threads and requested variables."""
+"""Dense finite-width simulation (method="dense" throughout): agreement with the limit at large width, visible
+disagreement at width 4, exact finite-n facts, and determinism under chunking, threads and requested variables."""
 import numpy as np
 import pytest
 
 import netsor
-from limits import mlp
 from netsor.testing import cov_check
+from tests.programs import mlp
 
 SIGMA = np.array([[1.0, 0.6], [0.6, 1.5]])
 
@@ -114,7 +114,7 @@ def test_bad_arguments(kwargs, message):
 def test_simulate_with_moments_is_the_finite_law_as_a_gaussian_mixture(inputs):
     """y = W_O u is Gaussian given the rest, so E[y²] = E[s²] and E[y⁴] = 3 E[s⁴] over the components; checked
     against dense networks (an independent interpreter); the components of width 64 are rejected at width 8."""
-    from limits import attention_layer
+    from tests.programs import attention_layer
     layer = attention_layer(seq_len=3, heads=2, inputs=inputs)
     y = layer.outputs[:1]
     draws, means, covs = netsor.simulate_with_moments(layer.program, 8, y, 40_000, seed=1)

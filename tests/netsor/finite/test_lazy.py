@@ -5,9 +5,9 @@ import pytest
 from scipy import stats
 
 import netsor
-from limits import attention_layer, transformer
 from netsor.finite import lazy
 from netsor.testing import two_sample_cov_check
+from tests.programs import attention_layer, transformer
 
 SIZE = 20_000
 
@@ -144,7 +144,7 @@ def test_deep_programs_need_no_recursion():
 
 
 def test_per_token_uses_form_one_batch():
-    """limits.transformer builds o_i = W_O m_i token by token; each matrix is still drawn in one batch."""
+    """The transformer builds o_i = W_O m_i token by token; each matrix is still drawn in one batch."""
     net = transformer(depth=2, seq_len=3, heads=2)
     plan = lazy.LazyPlan(net.program, net.outputs)
     assert all(len(batches) == 1 for batches in plan.batches.values())

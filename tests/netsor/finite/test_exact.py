@@ -4,8 +4,8 @@ import pytest
 from scipy import stats
 
 import netsor
-from limits import attention_layer
 from netsor.testing import two_sample_cov_check
+from tests.programs import attention_layer
 
 SPD = np.array([[1.0, 0.3, 0.1, 0.0], [0.3, 1.2, 0.2, 0.1], [0.1, 0.2, 0.8, 0.3], [0.0, 0.1, 0.3, 1.1]])
 
@@ -84,7 +84,7 @@ def test_exact_is_deterministic_across_chunks_threads_and_sizes():
 
 def test_mlp_front_matches_dense_and_the_single_layer_closed_form():
     """A ReLU MLP is all front but its readout: exact draws it at O(n) per network, never an n×n matrix."""
-    from limits import mlp
+    from tests.programs import mlp
     net = mlp(depth=2, nonlinearity="relu", inputs=[[1.0, 0.5], [0.5, 1.0]])
     variables = list(net.layers[1]) + list(net.outputs)
     exact = netsor.simulate(net.program, 8, variables, 20_000, seed=10, method="exact")
@@ -191,7 +191,8 @@ def test_clip_front_from_its_gram_matches_the_streamed_front(monkeypatch, width,
     """clip(W^i h) from the Gram of W^i h, with explicit rows given that Gram (Haar frame) wherever a clip could
     act, against the rows streamed coordinate by coordinate. The widths and bounds mix both cases; drawing fresh
     rows instead of rows given the Gram fails this by many standard errors."""
-    from netsor.finite.exact import block, front, plan as exact_plan
+    from netsor.finite.exact import front
+    from netsor.finite.exact import plan as exact_plan
     layer = attention_layer(seq_len=3, heads=1, inputs="paper", clip=clip)
     plan = exact_plan.ExactPlan(layer.program, list(layer.outputs))
     monkeypatch.setattr(front.FrontLayer, "streams", lambda self, width: True)
@@ -222,7 +223,8 @@ def _layer_program():
 
 @pytest.mark.parametrize("width", [4, 16])
 def test_streamed_front_matches_the_explicit_front_and_dense(width):
-    from netsor.finite.exact import block, front, plan as exact_plan
+    from netsor.finite.exact import block
+    from netsor.finite.exact import plan as exact_plan
     from netsor.random import seed_sequence
     prog, variables = _layer_program()
     streamed = exact_plan.ExactPlan(prog, variables)
@@ -253,7 +255,8 @@ def test_paper_front_is_deterministic_across_chunks_threads_and_sizes(clip):
 def test_fused_linear_kernel_is_the_step_by_step_path(kwargs, width):
     """The fused per-network kernel (LinearProgram) reads the same random streams as the step-by-step path:
     the same draws and conditional moments up to rounding, so the finite draws stay coupled to the limit path."""
-    from netsor.finite.exact import block, linear, plan as exact_plan
+    from netsor.finite.exact import block, linear
+    from netsor.finite.exact import plan as exact_plan
     layer = attention_layer(seq_len=4, heads=2, **kwargs)
     targets = list(layer.outputs) + [layer.scores[0][0][1], layer.attention[1][2][0]]
     plan = exact_plan.ExactPlan(layer.program, targets)
@@ -270,8 +273,8 @@ def test_fused_linear_kernel_is_the_step_by_step_path(kwargs, width):
 def test_grams_without_row_zero_are_one_wishart_of_n_rows(show_rows):
     """Columns whose row 0 nothing reads (only dots of them are targets) get their Gram as one Wishart(n), with no
     row 0 drawn; with a vector target on them, as row 0 plus Wishart(n − 1). Both are the law of n-vector dots."""
-    from netsor.finite.exact import block, front, plan as exact_plan
     from netsor import dot
+    from netsor.finite.exact import plan as exact_plan
     n, size = 3, 100_000
     prog = netsor.Program()
     x, y = prog.input("x"), prog.input("y")
