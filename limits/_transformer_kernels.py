@@ -23,17 +23,8 @@ import math
 import numba
 import numpy as np
 
-from netsor.compiled import (
-    CODE_CLIP,
-    CODE_ERF,
-    CODE_GELU,
-    CODE_IDENTITY,
-    CODE_NONE,
-    CODE_RELU,
-    CODE_TANH,
-    RANK_RTOL,
-    softmax_into,
-)
+from netsor.compiled import (CODE_CLIP, CODE_ERF, CODE_GELU, CODE_IDENTITY, CODE_NONE, CODE_RELU, CODE_TANH, RANK_RTOL,
+                             softmax_into)
 
 # error_model="numpy": no ZeroDivisionError checks inside the lane loops, which would stop their vectorisation
 _JIT = dict(cache=True, nogil=True, error_model="numpy")

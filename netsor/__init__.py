@@ -13,6 +13,14 @@ Layout (each layer uses only the ones above it):
                                        linear kernel), coupled draws, the block runner, `simulate`
     netsor.parallel                    the one block runner (thread pool, results in order)
     netsor.testing, netsor.quadrature  public helpers: covariance checks, Gaussian quadrature rules
+
+References cited by short name in the docstrings (full list in the README, *References*):
+    SKI25  M. Sakai, R. Karakida, M. Imaizumi, "Infinite-Width Limit of a Single Attention Layer: Analysis via
+           Tensor Programs", arXiv:2506.00846
+    BCP24  B. Bordelon, H. Chaudhry, C. Pehlevan, "Infinite Limits of Multi-head Transformer Dynamics",
+           arXiv:2405.15712
+    Yang   G. Yang, "Tensor Programs I: Wide Feedforward or Recurrent Neural Networks of Any Architecture are
+           Gaussian Processes", arXiv:1910.12478
 """
 from . import compiled, parallel, quadrature, random, testing
 from .errors import ProgramError
@@ -20,43 +28,11 @@ from .finite.coupled import CoupledDraws, simulate_coupled
 from .finite.dense import block_size as dense_block_size
 from .finite.simulate import simulate, simulate_with_moments
 from .ir.layers import feedforward, layernorm, mean_pool, residual
-from .ir.nonlinearities import (
-                                Clip,
-                                LeakyRelu,
-                                Nonlinearity,
-                                clip,
-                                erf,
-                                from_sympy,
-                                gelu,
-                                identity,
-                                leaky_relu,
-                                relu,
-                                square,
-                                tanh,
-)
-from .ir.program import (
-                                Dot,
-                                Input,
-                                LinComb,
-                                MatMul,
-                                Matrix,
-                                Moment,
-                                Node,
-                                Nonlin,
-                                Program,
-                                Scalar,
-                                ScalarFn,
-                                SoftmaxEntry,
-                                Vector,
-                                check_covariance,
-                                dot,
-                                lincomb,
-                                matmul,
-                                moment,
-                                nonlin,
-                                scalar_fn,
-                                softmax,
-)
+from .ir.nonlinearities import (Clip, LeakyRelu, Nonlinearity, clip, erf, from_sympy, gelu, identity, leaky_relu, relu,
+                                square, tanh)
+from .ir.program import (Dot, Input, LinComb, MatMul, Matrix, Moment, Node, Nonlin, Program, Scalar, ScalarFn,
+                         SoftmaxEntry, Vector, check_covariance, dot, lincomb, matmul, moment, nonlin, scalar_fn,
+                         softmax)
 from .limit.gaussian import GaussianLaw
 from .limit.law import Law, limit
 

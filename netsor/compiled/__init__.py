@@ -4,16 +4,8 @@ kernels of exact and lazy sampling. The names below are public: `limits` builds 
 RANK_RTOL is the one rank rule of every semidefinite factorisation: a pivot below RANK_RTOL × the largest diagonal
 entry is an exact zero. CODE_* are the integer codes (`Nonlinearity.code`) by which a compiled kernel applies a
 nonlinearity itself (CODE_NONE: no kernel does); they are owned by `netsor.ir.nonlinearities`."""
-from ..ir.nonlinearities import (
-                                 CODE_CLIP,
-                                 CODE_ERF,
-                                 CODE_GELU,
-                                 CODE_IDENTITY,
-                                 CODE_LEAKY_RELU,
-                                 CODE_NONE,
-                                 CODE_RELU,
-                                 CODE_TANH,
-)
+from ..ir.nonlinearities import (CODE_CLIP, CODE_ERF, CODE_GELU, CODE_IDENTITY, CODE_LEAKY_RELU, CODE_NONE, CODE_RELU,
+                                 CODE_TANH)
 from .linalg import RANK_RTOL, cholesky_into, sample_gaussian, semidefinite_cholesky, softmax_columns, softmax_into
 from .wishart import bartlett_factor, chisquare, standard_normals
 

@@ -102,24 +102,15 @@ def _bartlett_lanes(rng_normal, rng_chi, dof, bs, cs, reg, T, m, lanes, factor):
 
 
 @numba.njit(**_JIT)
-def max_softmax(ops):
-    """The largest softmax group among the operations (scratch rows for its gathered scores)."""
+def largest_operand(ops, code, field, other_code, other_field):
+    """The largest ops[o, field] among operations `code` (and ops[o, other_field] among `other_code`), at least 1:
+    the size of the scratch those operations need."""
     largest = 1
     for o in range(ops.shape[0]):
-        if ops[o, 0] == OP_SOFTMAX:
-            largest = max(largest, ops[o, 2])
-    return largest
-
-
-@numba.njit(**_JIT)
-def max_bartlett(ops):
-    """The largest Bartlett factor among the operations (scratch for one network's)."""
-    largest = 1
-    for o in range(ops.shape[0]):
-        if ops[o, 0] == OP_BIPARTITE:
-            largest = max(largest, ops[o, 5])
-        elif ops[o, 0] == OP_WISHART:
-            largest = max(largest, ops[o, 4])
+        if ops[o, 0] == code:
+            largest = max(largest, ops[o, field])
+        elif ops[o, 0] == other_code:
+            largest = max(largest, ops[o, other_field])
     return largest
 
 
@@ -135,8 +126,9 @@ def run_linear(gens, ops, ip, fp, registers, S, k, F):
     shift = np.zeros((S, k))
     reg = np.zeros((registers, LINEAR_TILE))
     peak, mass = np.empty(LINEAR_TILE), np.empty(LINEAR_TILE)  # softmax scratch
-    gathered = np.empty((max_softmax(ops), LINEAR_TILE))
-    factor = np.zeros((max_bartlett(ops), max_bartlett(ops)))  # one network's Bartlett factor
+    gathered = np.empty((largest_operand(ops, OP_SOFTMAX, 2, OP_SOFTMAX, 2), LINEAR_TILE))  # a softmax's scores
+    largest_factor = largest_operand(ops, OP_BIPARTITE, 5, OP_WISHART, 4)
+    factor = np.zeros((largest_factor, largest_factor))  # one network's Bartlett factor
     n = ops.shape[0]
     for s0 in range(0, S, LINEAR_TILE):
         nt = min(LINEAR_TILE, S - s0)

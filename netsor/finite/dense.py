@@ -6,20 +6,8 @@ import threading
 
 import numpy as np
 
-from ..ir.program import (
-    Dot,
-    Input,
-    LinComb,
-    MatMul,
-    Matrix,
-    Moment,
-    Nonlin,
-    Program,
-    Scalar,
-    ScalarFn,
-    SoftmaxEntry,
-    dim_size,
-)
+from ..ir.program import (Dot, Input, LinComb, MatMul, Matrix, Moment, Nonlin, Program, Scalar, ScalarFn, SoftmaxEntry,
+                          dim_size)
 from ..ir.semantics import derived_value
 from ..limit.quadrature import gaussian_factor
 from ..random import stream

@@ -34,22 +34,8 @@ from ..compiled.lazy import add_gaussian_rows
 from ..compiled.linalg import RANK_RTOL  # Gram eigenvalues below it are the rank deficiency, not data
 from ..compiled.wishart import standard_normals
 from ..errors import ProgramError
-from ..ir.program import (
-    Dot,
-    Input,
-    LinComb,
-    MatMul,
-    Matrix,
-    Moment,
-    Node,
-    Nonlin,
-    Program,
-    Scalar,
-    ScalarFn,
-    SoftmaxEntry,
-    Vector,
-    dim_size,
-)
+from ..ir.program import (Dot, Input, LinComb, MatMul, Matrix, Moment, Node, Nonlin, Program, Scalar, ScalarFn,
+                          SoftmaxEntry, Vector, dim_size)
 from ..ir.semantics import derived_value
 from ..limit.quadrature import gaussian_factor
 from ..random import stream

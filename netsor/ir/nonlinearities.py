@@ -108,7 +108,21 @@ class _Builtin(Nonlinearity):
         return self._attribute
 
 
-class Clip(Nonlinearity):
+class _Family(Nonlinearity):
+    """A member of a parameterised family: equal to (and hashed, pickled as) any member of the same family with the
+    same `parameter`, so closed forms registered for it are found again after a round trip."""
+
+    def __eq__(self, other):
+        return type(other) is type(self) and other.parameter == self.parameter
+
+    def __hash__(self):
+        return hash((type(self), self.parameter))
+
+    def __reduce__(self):
+        return (type(self), (self.parameter,))
+
+
+class Clip(_Family):
     """clip_c(u) = min(max(u, −c), c), the bounded activation of SKI25's experiments; equal for equal c."""
 
     def __init__(self, bound: float):
@@ -125,17 +139,8 @@ class Clip(Nonlinearity):
     def bound(self) -> float:
         return self.parameter
 
-    def __eq__(self, other):
-        return type(other) is Clip and other.parameter == self.parameter
 
-    def __hash__(self):
-        return hash((Clip, self.parameter))
-
-    def __reduce__(self):
-        return (Clip, (self.parameter,))
-
-
-class LeakyRelu(Nonlinearity):
+class LeakyRelu(_Family):
     """leaky_relu_a(u) = max(u, a·u) = a·u + (1 − a)·relu(u) for a slope a ∈ [0, 1); equal for equal a."""
 
     def __init__(self, slope: float):
@@ -152,15 +157,6 @@ class LeakyRelu(Nonlinearity):
     @property
     def parts(self) -> tuple:
         return ((self.parameter, identity), (1.0 - self.parameter, relu))
-
-    def __eq__(self, other):
-        return type(other) is LeakyRelu and other.parameter == self.parameter
-
-    def __hash__(self):
-        return hash((LeakyRelu, self.parameter))
-
-    def __reduce__(self):
-        return (LeakyRelu, (self.parameter,))
 
 
 class _Clipper:

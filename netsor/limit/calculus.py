@@ -7,21 +7,8 @@ import numpy as np
 from ..compiled.linalg import quadratic_forms
 from ..errors import ProgramError
 from ..ir.nonlinearities import identity
-from ..ir.program import (
-    WIDTH,
-    Dot,
-    Input,
-    LinComb,
-    MatMul,
-    Matrix,
-    Moment,
-    Node,
-    Nonlin,
-    Scalar,
-    ScalarFn,
-    SoftmaxEntry,
-    Vector,
-)
+from ..ir.program import (WIDTH, Dot, Input, LinComb, MatMul, Matrix, Moment, Node, Nonlin, Scalar, ScalarFn,
+                          SoftmaxEntry, Vector)
 from ..ir.semantics import derived_value, scalar_function_value
 from .quadrature import batched_gaussian_expectation, gaussian_expectation
 from .structure import _Structure, is_gvar, is_row_gvar

@@ -30,6 +30,7 @@ from ..random import check_size, seed_sequence, stream
 from .calculus import _Calculus, _Env
 from .gaussian import GaussianLaw
 from .structure import SAMPLE_BLOCK, _check_zero_kernel, _Structure, is_row_gvar, is_source, is_sqrt_dot
+from .symbolic import describe
 
 
 # --------------------------------------------------------------------------------------------------- the law
@@ -350,7 +351,6 @@ class Law:
 
     def describe(self, variables=None, latex: bool = False) -> str:
         """The law as formulas: random scalars and their covariance, the conditional law of the variables."""
-        from .symbolic import describe
         return describe(self, variables, latex=latex)
 
 

@@ -5,21 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ProgramError
-from ..ir.program import (
-    WIDTH,
-    Dot,
-    Input,
-    LinComb,
-    MatMul,
-    Matrix,
-    Moment,
-    Node,
-    Nonlin,
-    Program,
-    ScalarFn,
-    SoftmaxEntry,
-    Vector,
-)
+from ..ir.program import (WIDTH, Dot, Input, LinComb, MatMul, Matrix, Moment, Node, Nonlin, Program, ScalarFn,
+                          SoftmaxEntry, Vector)
 
 SAMPLE_BLOCK = 1 << 15  # samples per random stream; fixed so results do not depend on chunking or threads
 ZERO_KERNEL_RTOL = 1e-9

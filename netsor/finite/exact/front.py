@@ -16,7 +16,6 @@ from ...random import stream
 STREAMED_CODES = (CODE_IDENTITY, CODE_RELU, CODE_CLIP)  # what compiled.front.front_layer_grams applies
 
 
-
 def _phi_code(phi):
     """(code, bound) of a nonlinearity a streamed front layer applies itself: identity, relu, clip(c); else None."""
     if phi.code in STREAMED_CODES:
