@@ -18,7 +18,7 @@ _JIT = dict(nogil=True, cache=True)
 RANK_RTOL = 1e-12
 
 
-@numba.njit(**_JIT)
+@numba.njit(inline="always", **_JIT)
 def cholesky_into(cov, out, tol):
     """Lower-triangular L with L Lᵀ = cov for a PSD cov (d, d); a pivot below tol·max diag zeroes its column,
     so singular covariances (linearly dependent variables) are factored exactly."""
@@ -151,6 +151,7 @@ def quadratic_forms(left, middle, right, symmetric: bool = False):
     return matmul_stacks(matmul_stacks(left, middle, False, False), right, True, symmetric)
 
 
+@numba.njit(**_JIT)
 def semidefinite_cholesky_rows(cov):
     """Per-network factors of a sample-first stack of PSD matrices, (S, d, d) → (S, d, d)."""
     S, d, _ = cov.shape
@@ -163,7 +164,8 @@ def semidefinite_cholesky_rows(cov):
 @numba.njit(**_JIT)
 def softmax_into(scores, out, peak, mass, lanes):
     """out[:, t] = softmax(scores[:, t]) for the first `lanes` columns of (m, ≥ lanes) arrays, the maximum
-    subtracted first so no exp overflows whatever the scores; the one stable softmax of netsor and limits.
+    subtracted first so no exp overflows whatever the scores (then one reciprocal per lane); the one stable softmax
+    of netsor and limits.
     out may be scores itself; peak, mass: scratch of ≥ lanes entries. Lanes are the inner loop (vectorised)."""
     m = scores.shape[0]
     for t in range(lanes):
@@ -177,9 +179,11 @@ def softmax_into(scores, out, peak, mass, lanes):
             e = np.exp(scores[i, t] - peak[t])
             out[i, t] = e
             mass[t] += e
+    for t in range(lanes):
+        mass[t] = 1.0 / mass[t]
     for i in range(m):
         for t in range(lanes):
-            out[i, t] /= mass[t]
+            out[i, t] *= mass[t]
 
 
 @numba.njit(**_JIT)
