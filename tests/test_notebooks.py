@@ -1,9 +1,8 @@
-"""Every notebook (jupytext percent script in notebooks/) runs end to end, asserts its claims, and stays under
-2 minutes on 2 cores."""
+"""Every notebook (jupytext percent script in notebooks/) runs end to end and asserts its claims. (How long each
+takes is for the benchmarks to measure: tests assert no wall-clock times.)"""
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,11 +19,8 @@ def test_there_are_notebooks():
 def test_notebook_runs_and_its_claims_hold(notebook, tmp_path):
     env = dict(os.environ, MPLBACKEND="Agg", NETSOR_FIGURES=str(tmp_path),
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    start = time.perf_counter()
     result = subprocess.run([sys.executable, notebook.name], cwd=notebook.parent, env=env, capture_output=True,
                             text=True, timeout=600)
-    seconds = time.perf_counter() - start
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "all claims hold" in result.stdout
     assert list(tmp_path.glob("*.png")), "the notebook writes its figures"
-    assert seconds < 120, f"{notebook.name} took {seconds:.0f} s"

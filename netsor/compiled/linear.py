@@ -19,7 +19,7 @@ def bipartite_gram(rng_xi, rng_normal, rng_chi, dof, A, B, rows, limit):
     a, b = A.shape[0], B.shape[0]
     out = np.zeros((S, r, r))
     xi = np.empty((a, b))
-    T = np.zeros((a, a))
+    T = np.zeros((1, a, a))
     bs, cs = _chi_constants(dof, a)
     for s in range(S):
         for i in range(a):
@@ -31,12 +31,12 @@ def bipartite_gram(rng_xi, rng_normal, rng_chi, dof, A, B, rows, limit):
                     out[s, A[i], B[j]] = xi[i, j]
                     out[s, B[j], A[i]] = xi[i, j]
             continue
-        bartlett_into(rng_normal, rng_chi, dof, bs, cs, T)
+        bartlett_into(rng_normal, rng_chi, dof, bs, cs, T, 0)
         for i in range(a):
             for j in range(b):
                 acc = rows[s, A[i]] * rows[s, B[j]]
                 for k in range(i + 1):
-                    acc += T[i, k] * xi[k, j]
+                    acc += T[0, i, k] * xi[k, j]
                 out[s, A[i], B[j]] = acc
                 out[s, B[j], A[i]] = acc
     return out
@@ -92,13 +92,12 @@ LINEAR_TILE = 64  # networks whose registers are held at once (each operation ru
 @numba.njit(inline="always", **_JIT)
 def _bartlett_lanes(rng_normal, rng_chi, dof, bs, cs, reg, T, m, lanes, factor):
     """`bartlett_into` for each of `lanes` networks, into registers reg[T + i·m + j, t] (row-major m × m per lane);
-    factor: (≥ m, ≥ m) scratch. Both streams are read network by network, as bartlett_wishart reads them."""
-    local = factor[:m, :m]
+    factor: (1, ≥ m, ≥ m) scratch. Both streams are read network by network, as bartlett_wishart reads them."""
     for t in range(lanes):
-        bartlett_into(rng_normal, rng_chi, dof, bs, cs, local)
+        bartlett_into(rng_normal, rng_chi, dof, bs, cs, factor, 0)
         for i in range(m):
             for j in range(i + 1):
-                reg[T + i * m + j, t] = local[i, j]
+                reg[T + i * m + j, t] = factor[0, i, j]
 
 
 @numba.njit(**_JIT)
@@ -128,7 +127,7 @@ def run_linear(gens, ops, ip, fp, registers, S, k, F):
     peak, mass = np.empty(LINEAR_TILE), np.empty(LINEAR_TILE)  # softmax scratch
     gathered = np.empty((largest_operand(ops, OP_SOFTMAX, 2, OP_SOFTMAX, 2), LINEAR_TILE))  # a softmax's scores
     largest_factor = largest_operand(ops, OP_BIPARTITE, 5, OP_WISHART, 4)
-    factor = np.zeros((largest_factor, largest_factor))  # one network's Bartlett factor
+    factor = np.zeros((1, largest_factor, largest_factor))  # one network's Bartlett factor
     n = ops.shape[0]
     for s0 in range(0, S, LINEAR_TILE):
         nt = min(LINEAR_TILE, S - s0)

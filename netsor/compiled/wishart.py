@@ -50,17 +50,18 @@ def chisquare(rng, df, b, c):
             return 2.0 * b * V
 
 
-@numba.njit(inline="always", **_JIT)
-def bartlett_into(rng_normal, rng_chi, dof, bs, cs, T):
-    """One Bartlett factor into the lower triangle of T (M × M; the upper triangle is left as it is): T_ij ~ N(0, 1)
-    for i > j row by row from rng_normal, then T_ii = sqrt(χ²_{dof−i}) from rng_chi, so T Tᵀ ~ Wishart(dof, I_M)
-    (dof ≥ M). bs, cs: `_chi_constants(dof, M)`. The one Bartlett draw every sampler uses."""
-    M = T.shape[0]
+@numba.njit(**_JIT)
+def bartlett_into(rng_normal, rng_chi, dof, bs, cs, T, s):
+    """One Bartlett factor into the lower triangle of T[s] (T: (·, M, M); the upper triangle is left as it is):
+    T_ij ~ N(0, 1) for i > j row by row from rng_normal, then T_ii = sqrt(χ²_{dof−i}) from rng_chi, so
+    T Tᵀ ~ Wishart(dof, I_M) (dof ≥ M). bs, cs: `_chi_constants(dof, M)` (M is their length). The one Bartlett
+    draw every sampler uses (indexed rather than sliced: no array view per network in the hot loops)."""
+    M = bs.shape[0]
     for i in range(M):
         for j in range(i):
-            T[i, j] = rng_normal.standard_normal()
+            T[s, i, j] = rng_normal.standard_normal()
     for i in range(M):
-        T[i, i] = np.sqrt(chisquare(rng_chi, dof - i, bs[i], cs[i]))
+        T[s, i, i] = np.sqrt(chisquare(rng_chi, dof - i, bs[i], cs[i]))
 
 
 @numba.njit(**_JIT)
@@ -69,16 +70,16 @@ def bartlett_wishart(rng_normal, rng_chi, dof, M, S, rows):
     by row from rng_normal, then T_ii = sqrt(χ²_{dof−i}) from rng_chi (the order numpy's vectorised draws use).
     rows (S, M), or (S, 0) for none: rows[s] rows[s]ᵀ is added (row 0 of the basis, drawn apart)."""
     out = np.empty((S, M, M))
-    T = np.zeros((M, M))
+    T = np.zeros((1, M, M))
     extra = rows.shape[1] > 0
     bs, cs = _chi_constants(dof, M)
     for s in range(S):
-        bartlett_into(rng_normal, rng_chi, dof, bs, cs, T)
+        bartlett_into(rng_normal, rng_chi, dof, bs, cs, T, 0)
         for i in range(M):
             for j in range(i + 1):
                 acc = 0.0
                 for k in range(j + 1):
-                    acc += T[i, k] * T[j, k]
+                    acc += T[0, i, k] * T[0, j, k]
                 if extra:
                     acc += rows[s, i] * rows[s, j]
                 out[s, i, j] = acc
@@ -92,7 +93,7 @@ def bartlett_factor(rng_normal, rng_chi, dof, M, S):
     T = np.zeros((S, M, M))
     bs, cs = _chi_constants(dof, M)
     for s in range(S):
-        bartlett_into(rng_normal, rng_chi, dof, bs, cs, T[s])
+        bartlett_into(rng_normal, rng_chi, dof, bs, cs, T, s)
     return T
 
 

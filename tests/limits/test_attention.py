@@ -1,7 +1,6 @@
 """The attention layer's limit, derived from its program, against closed forms, independent Monte Carlo of the
 published formula, and dense finite-width networks."""
 import math
-import time
 import warnings
 
 import numpy as np
@@ -198,10 +197,8 @@ def test_huge_inputs_give_no_nan_and_no_warning():
 @pytest.mark.parametrize("seq_len", [11, 64])
 def test_long_sequences_build_with_distinct_names_and_the_right_scores(seq_len, heads):
     """Two-digit token indices used to collide (p_111 was both (1, 11) and (11, 1)); every score p^h_ij must be
-    its own node q^h_i·k^h_j, and building 2·64² scores stays fast."""
-    start = time.perf_counter()
+    its own node q^h_i·k^h_j."""
     layer = attention_layer(seq_len=seq_len, heads=heads)
-    assert time.perf_counter() - start < 3.0
     prog = layer.program
     names = [node.name for node in prog.nodes]
     assert len(set(names)) == len(names)

@@ -1,7 +1,6 @@
 """The transformer builder: its program's shape, the BCP24 parameterisation, argument checks, and its limit
 against the compiled nested sampler (an independent derivation) and against exact finite-width networks."""
 import math
-import time
 import types
 
 import numpy as np
@@ -36,9 +35,7 @@ def test_program_shape_and_parameterisation():
 def test_long_sequences_build_with_distinct_names():
     """Kernel entries K^ℓ_ij and scores p^ℓ,h_ij used to collide from seq_len 11 on (K^0_111 for (1, 11) and
     (11, 1)); each score is still its block's q_i·k_j and each kernel entry x_i·x_j / n."""
-    start = time.perf_counter()
     t = transformer(depth=2, seq_len=11)
-    assert time.perf_counter() - start < 5.0
     prog = t.program
     names = [node.name for node in prog.nodes]
     assert len(set(names)) == len(names)
