@@ -15,6 +15,7 @@ import math
 import numbers
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,7 +129,9 @@ def kl_vs_width(layer_or_program, variables=None, widths=(16, 64, 256, 1024), si
         raise ProgramError(f"kl_vs_width: reference must be a netsor GaussianLaw, got {type(reference).__name__}")
     tasks = [KLTask(program, variables, w, s, _size(size), _estimator(estimator), _options(estimator_options),
                     reference) for w in widths for s in _seeds(seeds)]
-    config = {"sweep": "kl_vs_width", "program": str(program), "variables": [v.name for v in variables],
+    # the store keys tasks by the program's content, never by how it prints (two programs can print alike)
+    config = {"sweep": "kl_vs_width", "program": _fingerprint(program, out_dir),
+              "variables": [v.name for v in variables],
               "size": size, "estimator": estimator, "options": repr(sorted(estimator_options.items())),
               "reference": None if reference is None else repr((reference.mean.tolist(), reference.cov.tolist()))}
     return _run(tasks, config, backend, client, out_dir, progress, "kl_vs_width.csv")
@@ -165,7 +168,8 @@ def kl_vs_heads(heads=(1, 2, 4, 8, 16), width: int | None = None, outputs=(0,), 
         variables = tuple(layer.outputs[i] for i in positions)
         tasks += [KLTask(layer.program, variables, width, s, _size(size), estimator, options, reference,
                          {"heads": h}) for s in _seeds(seeds)]
-    config = {"sweep": "kl_vs_heads", "layer": repr(sorted(layer_options.items())), "outputs": list(outputs),
+    config = {"sweep": "kl_vs_heads", "layer": _fingerprint(attention_layer(heads=1, **layer_options).program, out_dir),
+              "outputs": list(outputs),
               "width": width, "size": size, "estimator": estimator, "options": repr(options)}
     return _run(tasks, config, backend, client, out_dir, progress, "kl_vs_heads.csv")
 
@@ -283,7 +287,7 @@ def _run(tasks, config, backend, client, out_dir, progress, csv_name) -> pd.Data
     if backend not in BACKENDS:
         raise ProgramError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
     store = _Store(out_dir, config) if out_dir is not None else None
-    rows = {t.key: store.load(t.key) for t in tasks} if store else {}
+    rows = {t.key: store.load(t) for t in tasks} if store else {}
     todo = [t for t in tasks if rows.get(t.key) is None]
     bar = _progress_bar(len(tasks), len(tasks) - len(todo), progress)
 
@@ -353,12 +357,55 @@ class _Store:
         if not meta.exists():
             _write_atomic(meta, json.dumps(config, indent=1))
 
-    def load(self, key: str) -> dict | None:
-        file = self.tasks / f"{key}.json"
-        return json.loads(file.read_text()) if file.exists() else None
+    def load(self, task: KLTask) -> dict | None:
+        """The stored row of a finished task, checked against the task; None (recompute, with a warning naming
+        the file) for a missing, unreadable or mismatched file."""
+        file = self.tasks / f"{task.key}.json"
+        if not file.exists():
+            return None
+        try:
+            row = json.loads(file.read_text())
+            problem = _row_problem(row, task)
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            problem = f"unreadable ({type(e).__name__}: {e})"
+        if problem is None:
+            return row
+        warnings.warn(f"out_dir: {file} {problem}; recomputing that task", RuntimeWarning, stacklevel=3)
+        return None
 
     def save(self, key: str, row: dict) -> None:
         _write_atomic(self.tasks / f"{key}.json", json.dumps(row, default=float))
+
+
+def _row_problem(row, task: KLTask) -> str | None:
+    """What is wrong with a stored row for `task`, or None: every column present with the task's own width, seed,
+    estimator, size and labels, and finite numbers where a measurement must be."""
+    if not isinstance(row, dict):
+        return f"holds a {type(row).__name__}, not a row"
+    missing = [c for c in COLUMNS + sorted(task.label or {}) if c not in row]
+    if missing:
+        return f"lacks {', '.join(missing)}"
+    expected = dict(task.label or {}, width=task.width if task.width is not None else math.inf, seed=task.seed,
+                    estimator=task.estimator, n_samples=task.size)
+    for column, value in expected.items():
+        if row[column] != value or type(row[column]) is bool:
+            return f"is for {column} = {row[column]!r}, not {value!r}"
+    for column in ("kl", "se", "seconds"):
+        value = row[column]
+        # se is NaN for the estimators that define none (kde, fftkde); every other number must be finite
+        allowed_nan = column == "se" and isinstance(value, float) and math.isnan(value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) or allowed_nan):
+            return f"has {column} = {value!r}, not a finite number"
+    if row["se"] < 0 or row["seconds"] < 0:
+        return "has a negative se or seconds"
+    if not isinstance(row["upper_bound"], bool):
+        return f"has upper_bound = {row['upper_bound']!r}, not true or false"
+    return None
+
+
+def _fingerprint(program: netsor.Program, out_dir):
+    """The program's content fingerprint where a store needs one (ProgramError if it cannot be taken)."""
+    return None if out_dir is None else netsor.fingerprint(program)
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -27,6 +27,7 @@ from .errors import ProgramError
 from .finite.coupled import CoupledDraws, simulate_coupled
 from .finite.dense import block_size as dense_block_size
 from .finite.simulate import simulate, simulate_with_moments
+from .ir.fingerprint import fingerprint
 from .ir.layers import feedforward, layernorm, mean_pool, residual
 from .ir.nonlinearities import (Clip, LeakyRelu, Nonlinearity, clip, erf, from_sympy, gelu, identity, leaky_relu, relu,
                                 square, tanh)
@@ -41,7 +42,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ProgramError", "Program", "Node", "Vector", "Scalar", "Matrix", "Input", "MatMul", "Nonlin", "LinComb",
     "Moment", "Dot", "ScalarFn", "SoftmaxEntry", "matmul", "nonlin", "lincomb", "moment", "dot", "scalar_fn",
-    "softmax", "check_covariance", "limit", "Law", "GaussianLaw", "simulate", "simulate_with_moments",
+    "softmax", "check_covariance", "fingerprint", "limit", "Law", "GaussianLaw", "simulate", "simulate_with_moments",
     "simulate_coupled", "CoupledDraws", "dense_block_size", "Nonlinearity", "Clip", "LeakyRelu", "identity",
     "relu", "erf", "tanh", "gelu", "square", "clip", "leaky_relu", "from_sympy", "layernorm", "residual",
     "feedforward", "mean_pool",

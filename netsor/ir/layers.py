@@ -22,6 +22,11 @@ def inverse_sqrt(m):
     return 1.0 / np.sqrt(m)
 
 
+def _inverse_sqrt_expr(m):
+    """The sympy form of `inverse_sqrt` (module level, so programs pickle with the standard library too)."""
+    return 1 / sympy.sqrt(m)
+
+
 def layernorm(x: Vector, name: str | None = None) -> Vector:
     """x / sqrt((1/dim) Σ_α x_α²): LayerNorm without learned parameters and without mean subtraction (the mean of
     the coordinates is O(n^{-1/2}) and vanishes in the limit)."""
@@ -30,7 +35,7 @@ def layernorm(x: Vector, name: str | None = None) -> Vector:
     tag = name or f"LN({x.name})"
     mean_square = moment("square", x, name=x.program._fresh(f"ms({x.name})"))
     scale = scalar_fn(inverse_sqrt, mean_square, name=x.program._fresh(f"rsqrt({mean_square.name})"),
-                      expr=lambda m: 1 / sympy.sqrt(m))
+                      expr=_inverse_sqrt_expr)
     return lincomb([scale], [x], name=x.program._fresh(tag) if name is None else name)
 
 

@@ -169,3 +169,68 @@ def test_unwritable_out_dir_is_a_program_error(layer, tmp_path):
     with pytest.raises(netsor.ProgramError, match="out_dir"):
         kl_vs_width(layer, widths=[16], out_dir=blocker / "sub", **SMALL)
     assert os.path.exists(blocker)
+
+
+def _one_input_program(phi, var=1.0):
+    prog = netsor.Program("look-alike")
+    x = prog.input("x", var=var)
+    h = prog.matrix("W") @ netsor.nonlin(phi, x, name="a")
+    return prog, h
+
+
+def test_programs_that_print_alike_do_not_share_stored_results(tmp_path):
+    """Two user functions called relu, and variances past the print precision, print the same program; the store
+    keys tasks by the programs' content, so the second sweep computes its own rows."""
+    def relu(x):
+        return np.maximum(x, 0)
+
+    first, h1 = _one_input_program(relu)
+
+    def relu(x):  # noqa: F811 - the look-alike is the point
+        return 2 * np.maximum(x, 0)
+
+    second, h2 = _one_input_program(relu)
+    third, h3 = _one_input_program(netsor.relu, var=1.0 + 1e-13)
+    fourth, h4 = _one_input_program(netsor.relu)
+    assert str(first) == str(second) and str(third) == str(fourth)
+    rows = [kl_vs_width(p, [h], widths=[16], out_dir=tmp_path, **SMALL)
+            for p, h in ((first, h1), (second, h2), (third, h3), (fourth, h4))]
+    assert len(list(tmp_path.glob("tasks-*"))) == 4
+    fresh = kl_vs_width(second, [h2], widths=[16], **SMALL)
+    pd.testing.assert_frame_equal(rows[1].drop(columns="seconds"), fresh.drop(columns="seconds"))
+    # the same content built again shares its results
+    again, h_again = _one_input_program(netsor.relu)
+    assert netsor.fingerprint(again) == netsor.fingerprint(fourth)
+    kl_vs_width(again, [h_again], widths=[16], out_dir=tmp_path, **SMALL)
+    assert len(list(tmp_path.glob("tasks-*"))) == 4
+
+
+def test_a_program_that_cannot_be_fingerprinted_is_not_stored(tmp_path):
+    class Opaque:  # a callable with no Python __call__ and no attributes: nothing to hash its content by
+        __slots__ = ()
+        __call__ = np.tanh
+
+    prog, h = _one_input_program(Opaque())
+    with pytest.raises(netsor.ProgramError, match="fingerprint"):
+        kl_vs_width(prog, [h], widths=[16], out_dir=tmp_path, **SMALL)
+    assert len(kl_vs_width(prog, [h], widths=[16], **SMALL)) == 1  # without a store it runs
+
+
+@pytest.mark.parametrize("content, reason", [
+    ('{"width": 16, "se', "unreadable"), ("{}", "lacks"), ("[1, 2]", "not a row"),
+    (None, "width = 32"), ("text-kl", "kl = 'x'"), ("nan-kl", "kl = nan")])
+def test_bad_stored_files_are_recomputed_and_reported(layer, tmp_path, content, reason):
+    first = kl_vs_width(layer, widths=[16], seeds=1, out_dir=tmp_path, **SMALL)
+    (file,) = next(tmp_path.glob("tasks-*")).glob("mixture-*.json")
+    row = json.loads(file.read_text())
+    if content is None:
+        content = json.dumps(dict(row, width=32))
+    elif content == "text-kl":
+        content = json.dumps(dict(row, kl="x"))
+    elif content == "nan-kl":
+        content = json.dumps(dict(row, kl=float("nan")))
+    file.write_text(content)
+    with pytest.warns(RuntimeWarning, match=reason):
+        again = kl_vs_width(layer, widths=[16], seeds=1, out_dir=tmp_path, **SMALL)
+    pd.testing.assert_frame_equal(first.drop(columns="seconds"), again.drop(columns="seconds"))
+    assert json.loads(file.read_text())["kl"] == row["kl"]  # the recomputed row replaced the bad file
