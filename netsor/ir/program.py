@@ -179,7 +179,35 @@ def _lincomb_text(coeffs, args) -> str:
 
 @dataclass(frozen=True, eq=False, repr=False)
 class Scalar(Node):
-    """A scalar variable of the program."""
+    """A scalar variable of the program. Scalars combine with numbers and with each other by + − × / (each a
+    ScalarFn node): `p / temperature`, `p + bias`, `2.0 * p`; a scalar times a vector is a LinComb."""
+
+    def __add__(self, other):
+        return _arithmetic(np.add, self, other)
+
+    def __radd__(self, other):
+        return _arithmetic(np.add, other, self)
+
+    def __sub__(self, other):
+        return _arithmetic(np.subtract, self, other)
+
+    def __rsub__(self, other):
+        return _arithmetic(np.subtract, other, self)
+
+    def __mul__(self, other):
+        return _arithmetic(np.multiply, self, other)
+
+    def __rmul__(self, other):
+        return _arithmetic(np.multiply, other, self)
+
+    def __truediv__(self, other):
+        return _arithmetic(np.divide, self, other)
+
+    def __rtruediv__(self, other):
+        return _arithmetic(np.divide, other, self)
+
+    def __neg__(self):
+        return _arithmetic(np.multiply, -1.0, self)
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -224,7 +252,8 @@ class ScalarFn(Scalar):
     symbolic: object = None  # builds a sympy expression from k sympy symbols, or None
 
     def definition(self) -> str:
-        return f"{self.label}({', '.join(a.name for a in self.args)})"
+        names = [a.name for a in self.args]
+        return self.label.format(*names) if "{}" in self.label else f"{self.label}({', '.join(names)})"
 
     def parents(self):
         return self.args
@@ -529,9 +558,10 @@ def _scalars(args, where: str) -> tuple[Scalar, ...]:
     return tuple(args)
 
 
-def scalar_fn(f, *scalars: Scalar, name: str | None = None, expr=None) -> Scalar:
-    """c := f(s_1, ..., s_k) for a function f vectorised over numpy arrays; `expr` optionally builds its sympy form."""
-    label = getattr(f, "__name__", "f")
+def scalar_fn(f, *scalars: Scalar, name: str | None = None, expr=None, label: str | None = None) -> Scalar:
+    """c := f(s_1, ..., s_k) for a function f vectorised over numpy arrays; `expr` optionally builds its sympy form;
+    `label` (default f's name) prints the definition, its "{}" standing for the arguments' names if it has them."""
+    label = label if isinstance(label, str) and label else getattr(f, "__name__", "f")
     where = f"scalar_fn {name or label}"
     if not callable(f):
         raise ProgramError(f"{where}: f must be callable, got {type(f).__name__}")
@@ -548,6 +578,52 @@ def scalar_fn(f, *scalars: Scalar, name: str | None = None, expr=None) -> Scalar
         raise ProgramError(f"{where}: f must map arrays of shape (5,) to shape (5,), got {out.shape}")
     return prog._add(ScalarFn, name or prog._fresh(f"{label}({','.join(s.name for s in scalars)})"),
                      fn=f, args=scalars, label=label, symbolic=expr)
+
+
+_SYMBOLS = {"add": "+", "subtract": "−", "multiply": "·", "divide": "/"}
+
+
+class _WithConstant:
+    """x ↦ op(c, x) or op(x, c) for a numpy ufunc op and a number c: a picklable scalar function."""
+
+    def __init__(self, op, constant: float, constant_first: bool):
+        self.op, self.constant, self.constant_first = op, constant, constant_first
+
+    def __call__(self, x):
+        return self.op(self.constant, x) if self.constant_first else self.op(x, self.constant)
+
+
+class _SympyArithmetic:
+    """The sympy form of an arithmetic scalar node (picklable, unlike a lambda)."""
+
+    def __init__(self, op_name: str, constant=None, constant_first: bool = False):
+        self.op_name, self.constant, self.constant_first = op_name, constant, constant_first
+
+    def __call__(self, *symbols):
+        a, b = symbols if self.constant is None else \
+            ((self.constant, symbols[0]) if self.constant_first else (symbols[0], self.constant))
+        return {"add": lambda: a + b, "subtract": lambda: a - b, "multiply": lambda: a * b,
+                "divide": lambda: a / b}[self.op_name]()
+
+
+def _arithmetic(op, left, right):
+    """left op right for scalar nodes and finite numbers (at least one a scalar node), as a ScalarFn node."""
+    scalars = [x for x in (left, right) if isinstance(x, Scalar)]
+    others = [x for x in (left, right) if not isinstance(x, Scalar)]
+    if others and (isinstance(others[0], (bool, Node)) or not isinstance(others[0], numbers.Real)):
+        return NotImplemented  # a vector: Vector's own operators make the LinComb
+    symbol = _SYMBOLS[op.__name__]
+    if len(scalars) == 2:
+        return scalar_fn(op, left, right, name=scalars[0].program._fresh(f"({left.name}{symbol}{right.name})"),
+                         expr=_SympyArithmetic(op.__name__), label=f"{{}} {symbol} {{}}")
+    (scalar,), constant = scalars, _check_finite(others[0], f"{scalars[0].name} {symbol} ...")
+    constant_first = left is not scalar
+    if op is np.divide and not constant_first and constant == 0.0:
+        raise ProgramError(f"{scalar.name} / 0: division by zero")
+    label = f"{constant:g} {symbol} {{}}" if constant_first else f"{{}} {symbol} {constant:g}"
+    name = scalar.program._fresh("(" + label.replace(" ", "").format(scalar.name) + ")")
+    return scalar_fn(_WithConstant(op, constant, constant_first), scalar, name=name,
+                     expr=_SympyArithmetic(op.__name__, constant, constant_first), label=label)
 
 
 def softmax(scalars, name: str | None = None) -> tuple[Scalar, ...]:

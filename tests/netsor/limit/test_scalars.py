@@ -164,3 +164,54 @@ def test_describe_shows_the_hierarchy():
     assert "m = 1" in text
     latex = netsor.limit(prog).describe([y], latex=True)
     assert "p^{2}" in latex
+
+
+def tempered_attention(temperature=2.0, bias=0.3):
+    """One head over two tokens with scores p_ij / T + b_ij (scalar arithmetic), then softmax."""
+    prog = netsor.Program("tempered")
+    xs = prog.inputs(["x1", "x2"], cov=[[1.0, 0.4], [0.4, 1.0]])
+    WQ, WK, WV = prog.matrix("WQ"), prog.matrix("WK"), prog.matrix("WV")
+    q, k, v = [WQ @ x for x in xs], [WK @ x for x in xs], [WV @ x for x in xs]
+    scores = [[netsor.dot(q[i], k[j]) / temperature + (bias if i == j else 0.0) for j in range(2)]
+              for i in range(2)]
+    rows = [netsor.softmax(row) for row in scores]
+    return prog, [netsor.lincomb(rows[i], v) for i in range(2)], scores
+
+
+def test_scalar_arithmetic_is_exact_in_the_limit_and_at_finite_width():
+    prog, outputs, scores = tempered_attention()
+    law = netsor.limit(prog)
+    raw = [s.args[0].args[0] for s in scores[0]]  # the dots under (p / T) + b
+    np.testing.assert_allclose(law.cov(scores[0], size=200_000, seed=0), law.score_cov(raw) / 4.0, rtol=0.02)
+    assert law.mean([scores[0][0]])[0] == pytest.approx(0.3, abs=0.01)
+    cov = law.cov(outputs, size=200_000, seed=1)
+    draws = netsor.simulate(prog, 512, outputs, 40_000, seed=2)
+    ok, err, tol = cov_check(draws, cov)
+    assert ok, (err, tol)
+    # power: a layer without the temperature (T = 1) has another law, rejected by the same check
+    other, other_outputs, _ = tempered_attention(temperature=0.25, bias=0.0)
+    assert not cov_check(netsor.simulate(other, 512, other_outputs, 40_000, seed=2), cov)[0]
+
+
+def test_scalar_arithmetic_nodes_print_pickle_and_refuse_bad_operands():
+    import pickle
+
+    prog = netsor.Program("ops")
+    x, y = prog.inputs(["x", "y"])
+    p = netsor.dot(prog.matrix("A") @ x, prog.matrix("B") @ y, name="p")
+    q = netsor.dot(prog.matrix("C") @ x, prog.matrix("D") @ y, name="q")
+    nodes = [2.0 * p, p / 4.0 + 1.0, p - q, -p, 1.0 - p, p * q]
+    assert [n.definition() for n in nodes] == ["2 · p", "(p/4) + 1", "p − q", "-1 · p", "1 − p", "p · q"]
+    values = netsor.limit(prog).sample_scalars([p, q] + nodes, 1000, seed=0)
+    P, Q = values[:, 0], values[:, 1]
+    np.testing.assert_allclose(values[:, 2:], np.stack([2 * P, P / 4 + 1, P - Q, -P, 1 - P, P * Q], axis=1),
+                               rtol=1e-14, atol=1e-15)
+    back = pickle.loads(pickle.dumps(prog))
+    np.testing.assert_array_equal(netsor.limit(back).sample_scalars([n.name for n in nodes], 1000, seed=0),
+                                  values[:, 2:])
+    with pytest.raises(netsor.ProgramError, match="division by zero"):
+        p / 0
+    with pytest.raises(netsor.ProgramError, match="finite"):
+        p + float("nan")
+    with pytest.raises(TypeError):
+        p + "a"
