@@ -238,6 +238,21 @@ def summarize(df: pd.DataFrame, against: str = "width", min_snr: float = 3.0, va
     needed = {against, value, se}
     if not isinstance(df, pd.DataFrame) or not needed.issubset(df.columns):
         raise ProgramError(f"expected a DataFrame with columns {sorted(needed)}")
+    if isinstance(min_snr, bool) or not isinstance(min_snr, numbers.Real) or not 0 < min_snr < math.inf:
+        raise ProgramError(f"min_snr must be a positive number, got {min_snr!r}")
+    if len(df) == 0:
+        raise ProgramError("the table has no rows")
+    try:
+        xs, values, ses = (df[c].to_numpy(float) for c in (against, value, se))
+    except (TypeError, ValueError):
+        raise ProgramError(f"columns {against}, {value} and {se} must be numeric") from None
+    where = lambda bad: ", ".join(f"{against} = {x:g}" for x in xs[bad][:5])  # noqa: E731
+    if np.any(~(xs > 0)):
+        raise ProgramError(f"{against} must be positive (log–log fit), got rows at {where(~(xs > 0))}")
+    if np.any(~np.isfinite(values)):
+        raise ProgramError(f"{value} is not a finite number at {where(~np.isfinite(values))}: not a measurement")
+    if np.any(ses < 0):
+        raise ProgramError(f"{se} is negative at {where(ses < 0)}")
     points = []
     for x, group in df.groupby(against):
         count = len(group)
@@ -245,8 +260,9 @@ def summarize(df: pd.DataFrame, against: str = "width", min_snr: float = 3.0, va
         spread = group[value].std(ddof=1) / math.sqrt(count) if count > 1 else 0.0
         point_se = max(spread, math.sqrt(np.mean(own ** 2) / count))
         mean = group[value].mean()
+        # used: enters the fit (above min_snr SE, at a finite x; the limit row x = inf is a value, not a rate point)
         points.append({against: float(x), value: mean, "se": point_se,
-                       "used": bool(point_se > 0 and mean > min_snr * point_se)})
+                       "used": bool(point_se > 0 and mean > min_snr * point_se and math.isfinite(x))})
     return pd.DataFrame(points)
 
 
@@ -256,11 +272,18 @@ def fit_rate(df: pd.DataFrame, against: str = "width", min_snr: float = 3.0, lev
     or heads) with a `level` confidence interval.
 
     Seeds are averaged per point; a point's SE is the larger of the spread over seeds and the estimators' own SE;
-    only points whose mean exceeds `min_snr` SE enter the fit (the others are bounds, not values). The interval is
-    t-based on the weighted residuals when there are more than two points, normal on the known SEs otherwise.
+    only points whose mean exceeds `min_snr` SE enter the fit (the others are bounds, not values); `points.used`
+    says which did. The interval is t-based on the weighted residuals when there are more than two points, normal
+    on the known SEs otherwise. A non-finite value, a non-positive `against` or a level outside (0, 1) is a
+    ProgramError, never a NaN exponent.
     """
-    points = summarize(df, against, min_snr, value, se)
-    used = points[points["used"] & np.isfinite(points[against])]
+    if isinstance(level, bool) or not isinstance(level, numbers.Real) or not 0 < level < 1:
+        raise ProgramError(f"fit_rate: level must be a number in (0, 1), got {level!r}")
+    try:
+        points = summarize(df, against, min_snr, value, se)
+    except ProgramError as exc:
+        raise ProgramError(f"fit_rate: {exc}") from None
+    used = points[points["used"]]
     if len(used) < 2:
         raise ProgramError(f"fit_rate: only {len(used)} point(s) have {value} above {min_snr} SE; nothing to fit "
                            "(more samples per point, or the mixture/coupled estimator)")

@@ -1,5 +1,6 @@
 """Sweeps: tidy tables, determinism, the decay fit, resuming an interrupted run, and Dask equal to local."""
 import json
+import math
 import os
 import signal
 import subprocess
@@ -234,3 +235,32 @@ def test_bad_stored_files_are_recomputed_and_reported(layer, tmp_path, content, 
         again = kl_vs_width(layer, widths=[16], seeds=1, out_dir=tmp_path, **SMALL)
     pd.testing.assert_frame_equal(first.drop(columns="seconds"), again.drop(columns="seconds"))
     assert json.loads(file.read_text())["kl"] == row["kl"]  # the recomputed row replaced the bad file
+
+
+def _rate_rows(kl=lambda w: 0.3 * w ** -2.0):
+    rng = np.random.default_rng(4)
+    return [dict(width=w, seed=s, kl=kl(w) * (1 + 0.01 * rng.standard_normal()), se=0.01 * kl(w))
+            for w in (16, 64, 256, 1024) for s in range(2)]
+
+
+@pytest.mark.parametrize("change, options, message", [
+    (lambda r: dict(r, kl=math.inf) if r["width"] == 64 else r, {}, "kl is not a finite number at width = 64"),
+    (lambda r: dict(r, kl=math.nan) if r["width"] == 16 else r, {}, "not a measurement"),
+    (lambda r: dict(r, width=0) if r["width"] == 16 else r, {}, "width must be positive"),
+    (lambda r: dict(r, se=-1.0) if r["width"] == 256 else r, {}, "se is negative"),
+    (lambda r: r, {"level": 1.5}, "level"),
+    (lambda r: r, {"level": 0.0}, "level"),
+    (lambda r: r, {"min_snr": 0}, "min_snr"),
+])
+def test_fit_rate_refuses_what_it_cannot_fit(change, options, message):
+    rows = [change(r) for r in _rate_rows()]
+    with pytest.raises(netsor.ProgramError, match=message):
+        fit_rate(pd.DataFrame(rows), **options)
+
+
+def test_fit_rate_says_which_points_it_used():
+    rows = _rate_rows() + [dict(width=math.inf, seed=0, kl=1e-3, se=1e-5)]  # a limit row: a value, not a rate point
+    fit = fit_rate(pd.DataFrame(rows))
+    assert fit.exponent == pytest.approx(2.0, abs=0.05)
+    assert fit.points.set_index("width")["used"].to_dict() == {16: True, 64: True, 256: True, 1024: True,
+                                                                 math.inf: False}
