@@ -1,8 +1,9 @@
 """The law as formulas (sympy): what is random, its covariance, and the conditional law of the outputs.
 
 `describe(law, variables)` prints, in plain text or LaTeX:
-1. the random scalars, grouped into independent blocks, with their covariance — shown as A ⊗ B when it is a
-   Kronecker product (Van Loan–Pitsianis: C = A ⊗ B iff the rearranged matrix has rank one);
+1. the random scalars, grouped into independent blocks, with their covariance — as K_l ⊗ K_r (Σ ⊗ Σ) when the
+   dots are a full grid l_a·r_b of uncorrelated sides in row-major order, else as the Isserlis rule with the kernel
+   it uses (a ragged set, e.g. a causal mask); deeper-level scores by their conditional law;
 2. scalar functions of them (softmax entries) as expressions;
 3. the conditional law of the requested vectors: Gaussian given the random scalars, covariance entries as
    expressions in the scalars (kernels of deterministic vectors as numbers);
@@ -14,7 +15,7 @@ import numpy as np
 import sympy
 
 from ..errors import ProgramError
-from ..ir.program import WIDTH, Dot, Input, MatMul, Nonlin, Scalar, ScalarFn, SoftmaxEntry, Vector
+from ..ir.program import WIDTH, Dot, Input, MatMul, Moment, Nonlin, Scalar, ScalarFn, SoftmaxEntry, Vector
 
 CONSTANTS = [sympy.sqrt(2), sympy.sqrt(3), sympy.pi]
 
@@ -32,24 +33,6 @@ def number(x: float) -> sympy.Expr:
 
 def symbol(node) -> sympy.Symbol:
     return sympy.Symbol(node.name)
-
-
-def kronecker_factors(cov: np.ndarray, rtol: float = 1e-10):
-    """(A, B) with cov = A ⊗ B if cov is a Kronecker product of square factors (A at least 2×2), else None."""
-    D = cov.shape[0]
-    splits = sorted((a for a in range(2, D) if D % a == 0), key=lambda a: abs(a - D // a))  # balanced first
-    for a in splits:
-        b = D // a
-        rearranged = cov.reshape(a, b, a, b).transpose(0, 2, 1, 3).reshape(a * a, b * b)
-        u, s, vt = np.linalg.svd(rearranged)
-        if s[0] > 0 and (len(s) == 1 or s[1] <= rtol * s[0]):
-            A = (np.sqrt(s[0]) * u[:, 0]).reshape(a, a)
-            B = (np.sqrt(s[0]) * vt[0]).reshape(b, b)
-            if np.trace(A) < 0:
-                A, B = -A, -B
-            scale = np.sqrt(abs(np.trace(B) / np.trace(A))) if np.trace(A) else 1.0  # balance the factors
-            return A * scale, B / scale
-    return None
 
 
 def _matrix(values: np.ndarray) -> sympy.Matrix:
@@ -133,22 +116,29 @@ def describe(law, variables=None, latex: bool = False) -> str:
         lines.append("Random scalars: jointly Gaussian, zero mean, independent of every vector (SKI25):")
         cov = law.score_cov(gaussian_dots)
         for block in _dot_groups(gaussian_dots, cov):
-            names = [gaussian_dots[i].name for i in block]
-            sub = cov[np.ix_(block, block)]
-            head = f"  ({', '.join(names)}) ~ N(0, C)"
-            factors = kronecker_factors(sub)
-            if factors is not None:
-                A, B = factors
-                same = A.shape == B.shape and np.allclose(A, B, atol=1e-12)
-                lines.append(head + (", C = Σ ⊗ Σ with" if same else ", C = A ⊗ B with"))
-                lines.append("    " + (f"Σ = {show(_matrix(A))}" if same else
-                                       f"A = {show(_matrix(A))}, B = {show(_matrix(B))}"))
+            dots = [gaussian_dots[i] for i in block]
+            head = f"  ({', '.join(d.name for d in dots)}) ~ N(0, C)"
+            grid = _grid(dots) if len(dots) > 1 else None
+            if grid is not None and not np.any(law._fine.kernel_matrix(*grid)):
+                # a full grid p_ab = l_a·r_b of uncorrelated sides: C = K_l ⊗ K_r exactly (row-major order)
+                K_left, K_right = (law._fine.kernel_matrix(side, side)[:, :, 0] for side in grid)
+                same = K_left.shape == K_right.shape and np.allclose(K_left, K_right, atol=1e-12)
+                lines.append(head + (", C = Σ ⊗ Σ with" if same else ", C = K_l ⊗ K_r with"))
+                lines.append("    " + (f"Σ = {show(_matrix(K_left))}" if same else
+                                       f"K_l = {show(_matrix(K_left))} over ({', '.join(v.name for v in grid[0])}), "
+                                       f"K_r = {show(_matrix(K_right))} over ({', '.join(v.name for v in grid[1])})"))
+            elif len(dots) > 1:  # a ragged set (e.g. a causal mask): the Isserlis rule and the kernel it uses
+                vectors = list({v.index: v for d in dots for v in d.args}.values())
+                K = law._fine.kernel_matrix(vectors, vectors)[:, :, 0]
+                lines.append(head + ", Cov(a·b, c·d) = K_ac K_bd + K_ad K_bc (Isserlis) with K over "
+                             f"({', '.join(v.name for v in vectors)}) = {show(_matrix(K))}")
             else:
-                lines.append(head + f", C = {show(_matrix(sub))}")
+                lines.append(head + f", C = {show(_matrix(cov[np.ix_(block, block)]))}")
     others = [d for d in random if d not in gaussian_dots and not isinstance(d, (SoftmaxEntry, ScalarFn))]
     if others:
         lines.append("Other random scalars (sampled exactly: fixed dimensions or deeper levels):")
-        lines += [f"  {d.name} = {show(sym.scalar(d))}" for d in others]
+        lines += [f"  {d.name}: {_other_law(law, d)}" if sym.scalar(d) == symbol(d) else
+                  f"  {d.name} = {show(sym.scalar(d))}" for d in others]
     functions = [s for s in random if isinstance(s, (SoftmaxEntry, ScalarFn))]
     if functions:
         lines.append("Scalar functions of them:")
@@ -173,6 +163,34 @@ def describe(law, variables=None, latex: bool = False) -> str:
         lines.append("Deterministic scalars:")
         lines += [f"  {s.name} = {show(number(law.value(s)))}" for s in deterministic]
     return "\n".join(lines)
+
+
+def _grid(dots):
+    """(left vectors, right vectors) when the dots are exactly l_a·r_b for all a, b in row-major order, else None."""
+    left = list({d.args[0].index: d.args[0] for d in dots}.values())
+    right = list({d.args[1].index: d.args[1] for d in dots}.values())
+    expected = [(a.index, b.index) for a in left for b in right]
+    if len(expected) != len(dots) or [(d.args[0].index, d.args[1].index) for d in dots] != expected:
+        return None
+    return left, right
+
+
+def _other_law(law, node) -> str:
+    """A line saying how a random scalar without a formula of its own is distributed."""
+    if isinstance(node, Dot) and node.args[0].dim != WIDTH:
+        return f"the dot over the {node.args[0].dim} sampled rows of {node.args[0].name} and {node.args[1].name}"
+    if isinstance(node, Dot) and node.exponent != 0.5:
+        return (f"the kernel E[Z^{node.args[0].name} Z^{node.args[1].name}] given the random scalars it depends on "
+                f"(a deterministic function of them)")
+    if isinstance(node, Moment):
+        inner = ", ".join(f"Z^{a.name}" for a in node.args)
+        return f"E[{node.phi.name}({inner})] given the random scalars it depends on (a deterministic function of them)"
+    if isinstance(node, Dot):
+        level = law.structure.level[node.index]
+        return (f"Gaussian given the random scalars of levels < {level}, with the Isserlis covariance of the "
+                f"conditional kernel of {node.args[0].name}, {node.args[1].name} (level {level}, a conjecture "
+                f"beyond SKI25)")
+    return "a function of the sampled rows and earlier random scalars"
 
 
 def _dot_groups(dots, cov: np.ndarray) -> list[list[int]]:

@@ -215,3 +215,36 @@ def test_scalar_arithmetic_nodes_print_pickle_and_refuse_bad_operands():
         p + float("nan")
     with pytest.raises(TypeError):
         p + "a"
+
+
+def test_describe_is_right_for_ragged_scores_and_later_levels():
+    """A causal mask's six scores are no Kronecker grid (they used to print as 2×2 ⊗ 3×3); the full grid is Σ ⊗ Σ;
+    scores of a second layer print their conditional law, not the tautology p = p."""
+    prog = netsor.Program("causal")
+    xs = prog.inputs(["x1", "x2", "x3"], cov=[[1.0, 0.5, 0.2], [0.5, 1.0, 0.5], [0.2, 0.5, 1.0]])
+    WQ, WK, WV = prog.matrix("WQ"), prog.matrix("WK"), prog.matrix("WV")
+    q, k, v = [WQ @ x for x in xs], [WK @ x for x in xs], [WV @ x for x in xs]
+    causal = [netsor.softmax([netsor.dot(q[i], k[j], name=f"c{i + 1}{j + 1}") for j in range(i + 1)])
+              for i in range(3)]
+    UQ, UK = prog.matrix("UQ"), prog.matrix("UK")  # a second head, unmasked
+    q2, k2 = [UQ @ x for x in xs], [UK @ x for x in xs]
+    full = [[netsor.dot(q2[i], k2[j], name=f"f{i + 1}{j + 1}") for j in range(3)] for i in range(3)]
+    y = netsor.lincomb(causal[2], v, name="y")
+    z = netsor.lincomb(netsor.softmax(full[0]), v, name="z")
+    law = netsor.limit(prog)
+    text = law.describe([y, z])
+    (ragged,) = [line for line in text.splitlines() if "c11" in line and "~ N(0, C)" in line]
+    assert "⊗" not in ragged and "Isserlis" in ragged
+    (grid,) = [line for line in text.splitlines() if "f11" in line and "~ N(0, C)" in line]
+    assert "C = Σ ⊗ Σ" in grid
+    # the printed rule is the true covariance: K_ac K_bd + K_ad K_bc over the printed kernel
+    dots = [d for row in full for d in row]
+    Sigma = np.array([[1.0, 0.5, 0.2], [0.5, 1.0, 0.5], [0.2, 0.5, 1.0]])
+    np.testing.assert_allclose(law.score_cov(dots), np.kron(Sigma, Sigma), atol=1e-12)
+    # a second layer on top: its scores are described by their conditional law
+    W2Q, W2K = prog.matrix("W2Q"), prog.matrix("W2K")
+    second = netsor.dot(W2Q @ y, W2K @ z, name="s")
+    u = netsor.lincomb([second], [xs[0]], name="u")
+    later = netsor.limit(prog).describe([u])
+    (line,) = [row for row in later.splitlines() if row.strip().startswith("s:")]
+    assert "s = s" not in later and "level 2" in line and "Isserlis" in line
