@@ -120,7 +120,8 @@ def mlp_weight_var(phi) -> float:
     """1/E[φ(Z)²] for Z ~ N(0, 1), from netsor's own kernel of φ (closed form, or quadrature)."""
     prog = netsor.Program("unit-variance")
     z = prog.input("z")
-    second_moment = float(netsor.limit(prog).kernel([netsor.nonlin(phi, z, name="phi_z")])[0, 0])
+    phi_z = netsor.nonlin(phi, z, name="phi_z")
+    second_moment = float(netsor.limit(prog).kernel([phi_z])[0, 0])
     if not second_moment > 0:
         raise ProgramError(f"{WHERE}: mlp nonlinearity has E[φ(Z)²] = {second_moment:g}; it cannot be normalised")
     return 1.0 / second_moment

@@ -144,7 +144,8 @@ def mlp_weight_var(phi) -> float:
     """1/E[φ(Z)²], Z ~ N(0, 1), from netsor's kernel of φ: W_2's variance, which gives the MLP branch unit variance."""
     prog = netsor.Program("unit-variance")
     z = prog.input("z")
-    return 1.0 / float(netsor.limit(prog).kernel([netsor.nonlin(phi, z, name="phi_z")])[0, 0])
+    phi_z = netsor.nonlin(phi, z, name="phi_z")
+    return 1.0 / float(netsor.limit(prog).kernel([phi_z])[0, 0])
 
 
 def _kernel(xs, layer):

@@ -48,12 +48,20 @@ class Law:
         if not isinstance(program, Program):
             raise ProgramError(f"limit: expected a netsor Program, got {type(program).__name__}")
         self.program = program
+        self._derived_nodes = len(program)
         self.structure = _Structure(program)
         self._fine = _Calculus(self.structure)
         self._shared_factors: dict = {}
         self._check_dot_kernels()
         if self.structure.uncovered_dots:
             raise ProgramError(self.structure.uncovered_dots[0][1])
+
+    def _resolve(self, variables, where: str = "variables"):
+        """program.resolve, refusing nodes added after this law was derived (their structure is unknown to it)."""
+        if len(self.program) != self._derived_nodes:
+            raise ProgramError(f"{where}: {self.program.name} gained nodes after netsor.limit() derived this law; "
+                               f"call netsor.limit(program) again")
+        return self.program.resolve(variables, where)
 
     @cached_property
     def _coarse(self) -> _Calculus:
@@ -70,7 +78,7 @@ class Law:
 
     def is_random(self, variable) -> bool:
         """Whether the limit of a variable depends on random scalars (or fixed-dimension rows)."""
-        (node,) = self.program.resolve([variable], "is_random")
+        (node,) = self._resolve([variable], "is_random")
         return self.structure.is_random(node)
 
     def _check_dot_kernels(self) -> None:
@@ -102,7 +110,7 @@ class Law:
         return mean, second
 
     def _moments(self, variables, pick, error, size, seed):
-        nodes = self.program.resolve(variables)
+        nodes = self._resolve(variables)
         if all(self._is_first_level_dot(n) or not self.structure.is_random(n) for n in nodes) and \
                 any(self.structure.is_random(n) for n in nodes):
             value = pick(*self._exact_with_first_level_dots(nodes))
@@ -145,7 +153,7 @@ class Law:
 
     def score_cov(self, dots) -> np.ndarray:
         """The exact covariance Σ_ac Σ_bd + Σ_ad Σ_bc of first-level 1/sqrt(n) dots p = a·b/sqrt(n)."""
-        dots = self.program.resolve(dots, "score_cov")
+        dots = self._resolve(dots, "score_cov")
         for d in dots:
             if not self._is_first_level_dot(d):
                 raise ProgramError(f"score_cov: {d.name} is not a 1/sqrt(n) dot of deterministic vectors")
@@ -166,7 +174,7 @@ class Law:
 
     def value(self, scalar) -> float:
         """The deterministic limit of a scalar node (or name)."""
-        (node,) = self.program.resolve([scalar], "value")
+        (node,) = self._resolve([scalar], "value")
         if not isinstance(node, Scalar):
             raise ProgramError(f"value: {node.name} is a vector; use mean/cov/sample")
         if self.structure.is_random(node):
@@ -236,7 +244,7 @@ class Law:
 
     def sample(self, variables, size: int, seed=None, threads: int | None = None) -> np.ndarray:
         """(size, k) joint draws of the limit: coordinate 0 of each vector, the value of each scalar."""
-        nodes = self.program.resolve(variables, "sample")
+        nodes = self._resolve(variables, "sample")
         size = check_size(size)
         out = np.empty((size, len(nodes)))
         start = 0
@@ -250,7 +258,7 @@ class Law:
 
     def sample_scalars(self, scalars, size: int, seed=None) -> np.ndarray:
         """(size, k) joint draws of scalar nodes (random or not)."""
-        nodes = self.program.resolve(scalars, "sample_scalars")
+        nodes = self._resolve(scalars, "sample_scalars")
         for n in nodes:
             if not isinstance(n, Scalar):
                 raise ProgramError(f"sample_scalars: {n.name} is a vector; use sample")
@@ -287,7 +295,7 @@ class Law:
 
     def conditional_moments(self, variables, size: int, seed=None):
         """(means (size, k), covariances (size, k, k)) of the variables given draws of the random scalars."""
-        nodes = self.program.resolve(variables, "conditional_moments")
+        nodes = self._resolve(variables, "conditional_moments")
         size = check_size(size)
 
         def work(env, calc, rng):
@@ -306,7 +314,7 @@ class Law:
     def logpdf(self, y, variables, mixture_size: int = 4096, seed=0) -> np.ndarray:
         """log density of the joint law at points y (..., k): log mean_m N(y; μ_m, C_m) over `mixture_size` draws
         of the random scalars (exact, M = 1, when there are none). Needs vectors Gaussian given the scalars."""
-        nodes = self.program.resolve(variables, "logpdf")
+        nodes = self._resolve(variables, "logpdf")
         for n in nodes:
             if not (isinstance(n, Vector) and n.dim == WIDTH):
                 raise ProgramError(f"logpdf: {n.name} is not a width-n vector")
@@ -340,7 +348,7 @@ class Law:
     def infinite_sum_limit(self, variables, size: int = 400_000, seed=0):
         """The Gaussian limit of H^{-1/2} Σ_h Z_h over H → ∞ independent copies of the program (heads):
         N(0, E[Z Zᵀ]), the expectation over the random scalars taken by Monte Carlo (its SE kept as cov_se)."""
-        nodes = self.program.resolve(variables, "infinite_sum_limit")
+        nodes = self._resolve(variables, "infinite_sum_limit")
         mean, mean_se = self.mean(nodes, error=True, size=size, seed=seed)
         if np.any(np.abs(mean) > 5 * mean_se + 1e-12):
             raise ProgramError("infinite_sum_limit: the variables have non-zero mean, so their normalised sum over "

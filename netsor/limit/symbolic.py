@@ -106,7 +106,7 @@ def describe(law, variables=None, latex: bool = False) -> str:
     if variables is None:
         variables = [n for n in program.nodes if isinstance(n, Vector) and not any(
             n in m.parents() for m in program.nodes)]
-    nodes = program.resolve(variables, "describe")
+    nodes = law._resolve(variables, "describe")
     sym = _Symbolic(law)
     show = sympy.latex if latex else sympy.sstr
     lines = [f"Infinite-width law of {program.name!r}"]

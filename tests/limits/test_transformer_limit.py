@@ -188,7 +188,8 @@ def test_mlp_kernel_agrees_with_netsor_closed_forms_and_limit():
         for value in (-0.99999, -0.9, -0.5, 0.0, 0.3, 0.7, 0.95, 0.99999):
             program = netsor.Program()
             u, v = program.inputs(2, cov=[[1.0, value], [value, 1.0]])
-            kernel, error = netsor.limit(program).kernel([netsor.nonlin(phi, u), netsor.nonlin(phi, v)], error=True)
+            pair = [netsor.nonlin(phi, u), netsor.nonlin(phi, v)]
+            kernel, error = netsor.limit(program).kernel(pair, error=True)
             ours = tl.mlp_kernel(np.array([[1.0, value], [value, 1.0]]), phi)
             assert abs(ours[0, 1] - kernel[0, 1]) <= documented + error[0, 1] + 1e-15, (phi, value)
             assert abs(ours[0, 0] - kernel[0, 0]) <= error[0, 0] + 1e-15  # E[φ(Z)²] is netsor's limit

@@ -140,3 +140,15 @@ def test_kernel_is_bilinear_in_lincombs(coeffs):
     K = law.kernel(vectors)
     c = np.array(coeffs)
     assert law.kernel([z])[0, 0] == pytest.approx(c @ K @ c, abs=1e-9)
+
+
+def test_a_law_refuses_nodes_added_after_it_was_derived():
+    prog = netsor.Program("grows")
+    x = prog.input("x")
+    law = netsor.limit(prog)
+    y = netsor.nonlin("relu", prog.matrix("W") @ x, name="y")
+    with pytest.raises(netsor.ProgramError, match="after netsor.limit"):
+        law.cov([y])
+    with pytest.raises(netsor.ProgramError, match="after netsor.limit"):
+        law.describe([x])
+    assert netsor.limit(prog).kernel([y])[0, 0] == pytest.approx(0.5)  # a fresh law knows the new node
