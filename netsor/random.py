@@ -28,7 +28,16 @@ def stream(root: np.random.SeedSequence, *key: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(child))
 
 
-def check_size(size, where: str = "size") -> int:
+RESULT_BYTES = 1 << 36  # 64 GiB: the largest result array a call may ask for
+
+
+def check_size(size, where: str = "size", floats_per_item: int = 1) -> int:
+    """A positive integer count; with floats_per_item, also one whose result (size × floats_per_item doubles) stays
+    under RESULT_BYTES, so an impossible request is refused up front rather than failing deep in numpy."""
     if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
         raise ProgramError(f"{where} must be a positive integer, got {size!r}")
-    return int(size)
+    size = int(size)
+    if size * max(1, floats_per_item) * 8 > RESULT_BYTES:
+        raise ProgramError(f"{where} = {size} asks for {size * max(1, floats_per_item) * 8 / 2**30:.3g} GiB of "
+                           f"results (at most {RESULT_BYTES / 2**30:g} GiB): draw it in parts with other seeds")
+    return size

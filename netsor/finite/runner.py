@@ -18,16 +18,21 @@ def checked_arguments(where: str, program: Program, width, variables, size, seed
         raise ProgramError(f"{where}: expected a netsor Program, got {type(program).__name__}")
     width = check_width(width)
     targets = program.resolve(variables, where)
-    size = check_size(size)
+    size = check_size(size, floats_per_item=len(targets) * (len(targets) + 2))  # draws, means and covariances
     root = seed_sequence(seed)
     if threads is not None:
         threads = check_size(threads, "threads")
     return width, targets, size, root, threads
 
 
+MAX_WIDTH = 1 << 62  # χ² degrees of freedom and row counts are int64 in the compiled kernels
+
+
 def check_width(width) -> int:
     if isinstance(width, bool) or not isinstance(width, numbers.Integral) or width < 1:
         raise ProgramError(f"simulate: width must be a positive integer, got {width!r}")
+    if width > MAX_WIDTH:
+        raise ProgramError(f"simulate: width must be at most 2^62 (int64 kernels), got {width!r}")
     return int(width)
 
 

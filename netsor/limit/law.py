@@ -245,7 +245,9 @@ class Law:
     def sample(self, variables, size: int, seed=None, threads: int | None = None) -> np.ndarray:
         """(size, k) joint draws of the limit: coordinate 0 of each vector, the value of each scalar."""
         nodes = self._resolve(variables, "sample")
-        size = check_size(size)
+        size = check_size(size, floats_per_item=len(nodes))
+        if threads is not None:
+            threads = check_size(threads, "threads")
         out = np.empty((size, len(nodes)))
         start = 0
         for part in self._map_blocks(nodes, size, seed_sequence(seed),

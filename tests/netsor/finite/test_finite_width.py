@@ -133,3 +133,19 @@ def test_simulate_with_moments_is_the_finite_law_as_a_gaussian_mixture(inputs):
 
     assert max(z_scores(covs[:, 0, 0])) < 4
     assert max(z_scores(wide)) > 4  # power: the fourth moment at width 64 is not width 8's
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda p, v: netsor.simulate(p, 2 ** 63, v, 10), "at most 2\\^62"),
+    (lambda p, v: netsor.simulate(p, 16, v, 2 ** 40), "GiB of results"),
+    (lambda p, v: netsor.limit(p).sample(v, 2 ** 40), "GiB of results"),
+    (lambda p, v: netsor.limit(p).sample(v, 10, threads=0), "threads"),
+    (lambda p, v: netsor.simulate(p, 16, v, 10, threads=0), "threads"),
+])
+def test_impossible_sizes_widths_and_thread_counts_are_refused_up_front(call, message):
+    prog = netsor.Program("bounds")
+    x = prog.input("x")
+    h = prog.matrix("W") @ x
+    with pytest.raises(netsor.ProgramError, match=message):
+        call(prog, [h])
+    assert netsor.simulate(prog, 2 ** 62, [h], 10, seed=0).shape == (10, 1)  # the largest width still runs
