@@ -130,7 +130,7 @@ def kl_vs_width(layer_or_program, variables=None, widths=(16, 64, 256, 1024), si
     tasks = [KLTask(program, variables, w, s, _size(size), _estimator(estimator), _options(estimator_options),
                     reference) for w in widths for s in _seeds(seeds)]
     # the store keys tasks by the program's content, never by how it prints (two programs can print alike)
-    config = {"sweep": "kl_vs_width", "program": _fingerprint(program, out_dir),
+    config = {"sweep": "kl_vs_width", "program": None if out_dir is None else netsor.fingerprint(program),
               "variables": [v.name for v in variables],
               "size": size, "estimator": estimator, "options": repr(sorted(estimator_options.items())),
               "reference": None if reference is None else repr((reference.mean.tolist(), reference.cov.tolist()))}
@@ -168,7 +168,9 @@ def kl_vs_heads(heads=(1, 2, 4, 8, 16), width: int | None = None, outputs=(0,), 
         variables = tuple(layer.outputs[i] for i in positions)
         tasks += [KLTask(layer.program, variables, width, s, _size(size), estimator, options, reference,
                          {"heads": h}) for s in _seeds(seeds)]
-    config = {"sweep": "kl_vs_heads", "layer": _fingerprint(attention_layer(heads=1, **layer_options).program, out_dir),
+    # the store keys the sweep by the content of one representative layer (a repr would truncate arrays)
+    layer_key = None if out_dir is None else netsor.fingerprint(attention_layer(heads=1, **layer_options).program)
+    config = {"sweep": "kl_vs_heads", "layer": layer_key,
               "outputs": list(outputs),
               "width": width, "size": size, "estimator": estimator, "options": repr(options)}
     return _run(tasks, config, backend, client, out_dir, progress, "kl_vs_heads.csv")
@@ -424,11 +426,6 @@ def _row_problem(row, task: KLTask) -> str | None:
     if not isinstance(row["upper_bound"], bool):
         return f"has upper_bound = {row['upper_bound']!r}, not true or false"
     return None
-
-
-def _fingerprint(program: netsor.Program, out_dir):
-    """The program's content fingerprint where a store needs one (ProgramError if it cannot be taken)."""
-    return None if out_dir is None else netsor.fingerprint(program)
 
 
 def _write_atomic(path: Path, text: str) -> None:

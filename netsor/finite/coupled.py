@@ -5,7 +5,7 @@ from ..errors import ProgramError
 from ..ir.program import Program
 from .exact.block import simulate_exact_block
 from .exact.plan import ExactPlan
-from .runner import checked_arguments, run_blocks_in_parts
+from .runner import checked_arguments, run_blocks_in_parts, with_moments
 
 
 def simulate_coupled(program: Program, width: int, variables, size: int, seed=None):
@@ -18,7 +18,8 @@ def simulate_coupled(program: Program, width: int, variables, size: int, seed=No
     covariance of the draws given the random scalars and Grams (`finite_mean`, `finite_cov`, `limit_mean`,
     `limit_cov`), the Gaussian components of Rao-Blackwellized density estimates.
     """
-    width, targets, size, root, _ = checked_arguments("simulate_coupled", program, width, variables, size, seed)
+    width, targets, size, root, _ = checked_arguments("simulate_coupled", program, width, variables, size, seed,
+                                                  floats_per_network=lambda t: 2 * with_moments(t))
     plan = ExactPlan(program, targets)
     if plan.front:
         raise ProgramError("simulate_coupled: coupled limit draws do not cover a nonlinear front yet "

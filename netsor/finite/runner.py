@@ -12,13 +12,15 @@ from ..parallel import map_blocks
 from ..random import check_size, seed_sequence
 
 
-def checked_arguments(where: str, program: Program, width, variables, size, seed, threads=None):
-    """The checks every finite-width entry point makes: (width, target nodes, size, root SeedSequence, threads)."""
+def checked_arguments(where: str, program: Program, width, variables, size, seed, threads=None,
+                      floats_per_network=len):
+    """The checks every finite-width entry point makes: (width, target nodes, size, root SeedSequence, threads).
+    floats_per_network(targets): how many result numbers one network takes (bounds the result's memory)."""
     if not isinstance(program, Program):
         raise ProgramError(f"{where}: expected a netsor Program, got {type(program).__name__}")
     width = check_width(width)
     targets = program.resolve(variables, where)
-    size = check_size(size, floats_per_item=len(targets) * (len(targets) + 2))  # draws, means and covariances
+    size = check_size(size, floats_per_item=floats_per_network(targets))
     root = seed_sequence(seed)
     if threads is not None:
         threads = check_size(threads, "threads")
@@ -34,6 +36,11 @@ def check_width(width) -> int:
     if width > MAX_WIDTH:
         raise ProgramError(f"simulate: width must be at most 2^62 (int64 kernels), got {width!r}")
     return int(width)
+
+
+def with_moments(targets) -> int:
+    """Result numbers per network of draws with their conditional means and covariances: k + k + k²."""
+    return len(targets) * (len(targets) + 2)
 
 
 def run_blocks_in_parts(work, size: int, block: int, shapes, threads) -> list[np.ndarray]:

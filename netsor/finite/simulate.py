@@ -19,7 +19,7 @@ from .dense import _rows_needed, _simulate_block, block_size
 from .exact.block import simulate_exact_block
 from .exact.plan import ExactPlan, reducible
 from .lazy import LazyPlan, simulate_lazy_block
-from .runner import _run_blocks, checked_arguments, run_blocks_in_parts
+from .runner import _run_blocks, checked_arguments, run_blocks_in_parts, with_moments
 
 METHODS = ("auto", "dense", "exact", "lazy")
 MOMENT_METHODS = ("auto", "exact", "lazy")
@@ -81,7 +81,7 @@ def simulate_with_moments(program: Program, width: int, variables, size: int, se
         raise ProgramError(f"simulate_with_moments: unknown method {method!r}; choose from "
                            f"{', '.join(MOMENT_METHODS)}")
     width, targets, size, root, threads = checked_arguments("simulate_with_moments", program, width, variables,
-                                                            size, seed, threads)
+                                                            size, seed, threads, with_moments)
     k = len(targets)
     if method == "auto":
         method = "exact" if reducible(program, targets) else "lazy"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import operator
 import re
 from dataclasses import dataclass
 from typing import Iterable, Sequence
@@ -581,6 +582,7 @@ def scalar_fn(f, *scalars: Scalar, name: str | None = None, expr=None, label: st
 
 
 _SYMBOLS = {"add": "+", "subtract": "−", "multiply": "·", "divide": "/"}
+_OPERATORS = {"add": operator.add, "subtract": operator.sub, "multiply": operator.mul, "divide": operator.truediv}
 
 
 class _WithConstant:
@@ -602,8 +604,7 @@ class _SympyArithmetic:
     def __call__(self, *symbols):
         a, b = symbols if self.constant is None else \
             ((self.constant, symbols[0]) if self.constant_first else (symbols[0], self.constant))
-        return {"add": lambda: a + b, "subtract": lambda: a - b, "multiply": lambda: a * b,
-                "divide": lambda: a / b}[self.op_name]()
+        return _OPERATORS[self.op_name](a, b)
 
 
 def _arithmetic(op, left, right):

@@ -137,8 +137,10 @@ def describe(law, variables=None, latex: bool = False) -> str:
     others = [d for d in random if d not in gaussian_dots and not isinstance(d, (SoftmaxEntry, ScalarFn))]
     if others:
         lines.append("Other random scalars (sampled exactly: fixed dimensions or deeper levels):")
-        lines += [f"  {d.name}: {_other_law(law, d)}" if sym.scalar(d) == symbol(d) else
-                  f"  {d.name} = {show(sym.scalar(d))}" for d in others]
+        for d in others:
+            formula = sym.scalar(d)
+            lines.append(f"  {d.name}: {_other_law(law, d)}" if formula == symbol(d) else
+                         f"  {d.name} = {show(formula)}")
     functions = [s for s in random if isinstance(s, (SoftmaxEntry, ScalarFn))]
     if functions:
         lines.append("Scalar functions of them:")
