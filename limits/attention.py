@@ -28,8 +28,9 @@ SCALINGS = ("sqrt", "linear")
 class AttentionLayer:
     """A single attention layer: its program, tokens, scores (heads × s × s), attention weights and outputs.
 
-    With heads = inf the program holds one representative head whose (unscaled) outputs are `outputs`, and
-    `law()` is the Gaussian limit of H^{-1/2} Σ_h over infinitely many independent heads.
+    With heads = inf the program holds one representative head and `outputs` are its infinite head sums
+    (`netsor.infinite_head_sum`): `netsor.limit(program)` is their Gaussian limit, `netsor.simulate` refuses them,
+    and `law()` summarises that limit as a `netsor.GaussianLaw`.
     """
 
     program: netsor.Program
@@ -50,7 +51,7 @@ class AttentionLayer:
         """The infinite-width law: a netsor Law, or for heads = inf the Gaussian infinite-head limit."""
         law = netsor.limit(self.program)
         if self.infinite_heads:
-            return law.infinite_sum_limit(self.outputs, **options)
+            return law.gaussian(self.outputs, **options)
         return law
 
     def input_cov(self) -> np.ndarray:
@@ -80,10 +81,13 @@ def attention_layer(seq_len: int = 4, heads=2, head_dim: int | None = None, scal
         raise ProgramError(f"attention_layer: scaling must be 'sqrt' or 'linear', got {scaling!r}")
     prog = netsor.Program(name)
     xs = _tokens(prog, seq_len, inputs, clip)
+    shared = len(prog)
     block = attention_block(prog, xs, 1 if math.isinf(heads) else heads, head_dim, scaling, out_proj=out_proj,
                             tied_qk=tied_qk, wo_first=False, where="attention_layer")
-    if math.isinf(heads):  # one representative head; law() sums infinitely many
-        outputs = block.head_outputs[0]
+    if math.isinf(heads):  # one representative head, summed over infinitely many in the program itself
+        per_head = [n for n in prog.nodes[shared:] if isinstance(n, netsor.Matrix)]
+        outputs = netsor.infinite_head_sum(block.head_outputs[0], per_head,
+                                           names=[f"y{i}" for i in range(1, seq_len + 1)])
     else:
         outputs = tuple(netsor.lincomb([heads ** -0.5] * heads, [o[i] for o in block.head_outputs], name=f"y{i + 1}")
                         for i in range(seq_len))

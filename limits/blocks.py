@@ -21,6 +21,7 @@ import netsor
 from netsor import ProgramError, check_covariance
 
 INPUTS = ("paper", "relu", "gaussian")
+MAX_BLOCK_NODES = 10 ** 6  # a block's program nodes: beyond this building alone takes minutes and gigabytes
 
 
 def _count(value, name: str, allow_inf: bool = False, where: str = "attention_layer"):
@@ -96,6 +97,11 @@ def attention_block(prog: netsor.Program, tokens, heads: int, head_dim: int | No
         raise ProgramError(f"{where}: tag must be a string without whitespace, '^', '_' or ',', got {tag!r}")
     dim = "n" if head_dim is None else head_dim
     s = len(tokens)
+    nodes = heads * (2 * s * s + 6 * s)  # scores and softmax entries, q, k, v, m, o per head
+    if nodes > MAX_BLOCK_NODES:
+        raise ProgramError(f"{where}: heads = {heads} over {s} tokens would build {nodes:.3g} program nodes (at most "
+                           f"{MAX_BLOCK_NODES:.0e})" + ("; for the many-head limit use heads=math.inf"
+                                                          if heads * 2 * s * s > nodes // 2 and heads > 16 else ""))
     parts = {field: [] for field in AttentionBlock.__dataclass_fields__}
     for h in range(1, heads + 1):
         t = head_tag(tag, h, heads)

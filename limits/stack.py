@@ -117,11 +117,10 @@ def _exponent(value, name: str, minimum: float) -> float:
 
 
 def mlp_weight_var(phi) -> float:
-    """1/E[φ(Z)²] for Z ~ N(0, 1), from netsor's own kernel of φ (closed form, or quadrature)."""
-    prog = netsor.Program("unit-variance")
-    z = prog.input("z")
-    phi_z = netsor.nonlin(phi, z, name="phi_z")
-    second_moment = float(netsor.limit(prog).kernel([phi_z])[0, 0])
+    """1/E[φ(Z)²] for Z ~ N(0, 1) (the one rule for E[φ(Z)²]: `transformer_limit`'s, closed form or checked
+    quadrature)."""
+    from .transformer_limit import _second_moment
+    second_moment = _second_moment(netsor.nonlin(phi, netsor.Program("unit-variance").input("z")).phi)
     if not second_moment > 0:
         raise ProgramError(f"{WHERE}: mlp nonlinearity has E[φ(Z)²] = {second_moment:g}; it cannot be normalised")
     return 1.0 / second_moment

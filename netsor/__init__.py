@@ -31,9 +31,9 @@ from .ir.fingerprint import fingerprint
 from .ir.layers import feedforward, layernorm, mean_pool, residual
 from .ir.nonlinearities import (Clip, LeakyRelu, Nonlinearity, clip, erf, from_sympy, gelu, identity, leaky_relu, relu,
                                 square, tanh)
-from .ir.program import (Dot, Input, LinComb, MatMul, Matrix, Moment, Node, Nonlin, Program, Scalar, ScalarFn,
-                         SoftmaxEntry, Vector, check_covariance, dot, lincomb, matmul, moment, nonlin, scalar_fn,
-                         softmax)
+from .ir.program import (Dot, HeadSum, Input, LinComb, MatMul, Matrix, Moment, Node, Nonlin, Program, Scalar,
+                         ScalarFn, SoftmaxEntry, Vector, check_covariance, dot, infinite_head_sum, lincomb, matmul,
+                         moment, nonlin, scalar_fn, softmax)
 from .limit.gaussian import GaussianLaw
 from .limit.law import Law, limit
 
@@ -41,8 +41,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ProgramError", "Program", "Node", "Vector", "Scalar", "Matrix", "Input", "MatMul", "Nonlin", "LinComb",
-    "Moment", "Dot", "ScalarFn", "SoftmaxEntry", "matmul", "nonlin", "lincomb", "moment", "dot", "scalar_fn",
-    "softmax", "check_covariance", "fingerprint", "limit", "Law", "GaussianLaw", "simulate", "simulate_with_moments",
+    "Moment", "Dot", "ScalarFn", "SoftmaxEntry", "HeadSum", "matmul", "nonlin", "lincomb", "moment", "dot",
+    "scalar_fn", "softmax", "infinite_head_sum", "check_covariance", "fingerprint", "limit", "Law", "GaussianLaw",
+    "simulate", "simulate_with_moments",
     "simulate_coupled", "CoupledDraws", "dense_block_size", "Nonlinearity", "Clip", "LeakyRelu", "identity",
     "relu", "erf", "tanh", "gelu", "square", "clip", "leaky_relu", "from_sympy", "layernorm", "residual",
     "feedforward", "mean_pool",

@@ -7,26 +7,45 @@ threads run, BLAS is held to one thread: its threads would only contend for the 
 from __future__ import annotations
 
 import os
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from itertools import chain, islice
 from typing import Callable, Iterable, Iterator
 
 from threadpoolctl import threadpool_limits
 
+from .random import check_size
+
 __all__ = ["map_blocks"]
+
+AHEAD = 4  # blocks submitted per thread by default: enough to keep every thread busy while results are consumed
 
 
 def map_blocks(work: Callable, items: Iterable, threads: int | None = None,
                in_flight: int | None = None) -> Iterator:
     """Yield work(item) for each item, in the items' order, computed on `threads` threads (default: all cores).
 
-    in_flight bounds how many items are submitted at once (never fewer than the thread count), which bounds the
-    memory held by finished results that have not been consumed yet."""
-    items = list(items)
-    threads = threads or os.cpu_count() or 1
-    if threads == 1 or len(items) <= 1:
-        yield from map(work, items)
+    items may be any iterable, a generator included: it is read lazily, as blocks are submitted, so the runner
+    holds at most `in_flight` items, futures and unconsumed results at any time (default AHEAD per thread, never
+    fewer than the thread count), whatever the number of blocks."""
+    threads = (os.cpu_count() or 1) if threads is None else check_size(threads, "threads")
+    if in_flight is not None:
+        in_flight = check_size(in_flight, "in_flight")
+    items = iter(items)
+    head = list(islice(items, 2))
+    if threads == 1 or len(head) <= 1:
+        yield from map(work, chain(head, items))
         return
-    step = max(threads, in_flight or len(items))
-    with ThreadPoolExecutor(max_workers=min(threads, len(items))) as pool, threadpool_limits(1, "blas"):
-        for start in range(0, len(items), step):
-            yield from pool.map(work, items[start:start + step])
+    ahead = max(threads, in_flight or AHEAD * threads)
+    pending: deque = deque()
+    pool = ThreadPoolExecutor(max_workers=threads)  # threads start as work is submitted: no more than blocks
+    try:
+        with threadpool_limits(1, "blas"):
+            for item in chain(head, items):
+                pending.append(pool.submit(work, item))
+                if len(pending) >= ahead:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+    finally:  # on an error or an abandoned generator, blocks not started yet are dropped, not run
+        pool.shutdown(wait=True, cancel_futures=True)

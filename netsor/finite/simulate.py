@@ -13,13 +13,13 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ProgramError
-from ..ir.program import Program
+from ..ir.program import Matrix, Program, Vector, dim_size
 from ..random import check_size
 from .dense import _rows_needed, _simulate_block, block_size
 from .exact.block import simulate_exact_block
 from .exact.plan import ExactPlan, reducible
 from .lazy import LazyPlan, simulate_lazy_block
-from .runner import _run_blocks, checked_arguments, run_blocks_in_parts, with_moments
+from .runner import _run_blocks, check_network_memory, checked_arguments, run_blocks_in_parts, with_moments
 
 METHODS = ("auto", "dense", "exact", "lazy")
 MOMENT_METHODS = ("auto", "exact", "lazy")
@@ -51,14 +51,17 @@ def simulate(program: Program, width: int, variables, size: int, seed=None, meth
         method = "exact" if reducible(program, targets) else "lazy"
     if method == "exact":
         plan = ExactPlan(program, targets)
+        check_network_memory("simulate", width, plan.network_floats(width), method)
         work = lambda b: simulate_exact_block(plan, width, targets, root, b[0], b[2])  # noqa: E731
         return _run_blocks(work, size, plan.block_size(width), len(targets), chunk_size, threads)
     if method == "lazy":
         plan = LazyPlan(program, targets)
+        check_network_memory("simulate", width, _lazy_floats(plan, width), method)
         work = lambda b: simulate_lazy_block(plan, width, root, b[0], b[2])  # noqa: E731
         return _run_blocks(work, size, plan.block_size(width), len(targets), chunk_size, threads)
     block = block_size(program, width)
     rows = _rows_needed(program, targets, width)
+    check_network_memory("simulate", width, _dense_floats(program, rows, width), method)
     work = lambda b: _simulate_block(program, width, targets, rows, root, b[0], block, b[2])  # noqa: E731
     return _run_blocks(work, size, block, len(targets), chunk_size, threads)
 
@@ -88,10 +91,22 @@ def simulate_with_moments(program: Program, width: int, variables, size: int, se
     if method == "lazy":
         plan = LazyPlan(program, targets)
         plan.moment_groups()  # ProgramError naming a target that is not Gaussian given the rest, before any work
+        check_network_memory("simulate_with_moments", width, _lazy_floats(plan, width), method)
         work = lambda b: simulate_lazy_block(plan, width, root, b[0], b[2], moments=True)  # noqa: E731
         return tuple(run_blocks_in_parts(work, size, plan.block_size(width), [(k,), (k,), (k, k)], threads))
     plan = ExactPlan(program, targets)  # ProgramError naming the node where exact sampling does not apply
+    check_network_memory("simulate_with_moments", width, plan.network_floats(width), method)
     work = lambda b: simulate_exact_block(plan, width, targets, root, b[0], b[2], moments=True)  # noqa: E731
     return tuple(run_blocks_in_parts(work, size, plan.block_size(width), [(k,), (k,), (k, k)], threads))
 
 
+def _lazy_floats(plan: LazyPlan, width: int) -> int:
+    """The coordinates one network of method="lazy" computes, as if all were live at once: a bound on its memory."""
+    rows = plan.rows(width)
+    return sum(rows.get(v.index, 0) for v in plan.needed if isinstance(v, Vector))
+
+
+def _dense_floats(program: Program, rows: dict, width: int) -> int:
+    """The matrix entries and vector coordinates one network of method="dense" draws: a bound on its memory."""
+    return sum(rows.get(n.index, 0) * (dim_size(n.shape[1], width) if isinstance(n, Matrix) else 1)
+               for n in program.nodes if isinstance(n, (Matrix, Vector)))

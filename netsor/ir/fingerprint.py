@@ -17,7 +17,8 @@ import numpy as np
 
 from ..errors import ProgramError
 from .nonlinearities import Nonlinearity, _Builtin, _Family
-from .program import Dot, Input, LinComb, MatMul, Matrix, Moment, Nonlin, Program, ScalarFn, SoftmaxEntry
+from .program import (Dot, HeadSum, Input, LinComb, MatMul, Matrix, Moment, Nonlin, Program, ScalarFn,
+                      SoftmaxEntry)
 
 _DEPTH = 8  # how deep functions calling functions are followed
 
@@ -57,6 +58,8 @@ def _fields(node):
         return [node.exponent]
     if isinstance(node, ScalarFn):
         return [node.fn]
+    if isinstance(node, HeadSum):
+        return [[a.index for a in node.group.args], [W.index for W in node.group.per_head]]
     if isinstance(node, SoftmaxEntry):
         return [node.position, [p.index for p in node.group.scores]]
     raise _Unhashable(f"no fingerprint rule for {type(node).__name__} nodes")

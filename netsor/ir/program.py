@@ -166,6 +166,29 @@ class LinComb(Vector):
         return tuple(c for c in self.coeffs if isinstance(c, Scalar)) + self.args
 
 
+@dataclass(frozen=True, eq=False, repr=False)
+class HeadSum(Vector):
+    """lim_{H→∞} H^{-1/2} Σ_h arg^h over H independent copies (heads) of `arg`, each copy with its own draw of the
+    group's per-head matrices; the sums of one `group` run over the same heads."""
+
+    group: "HeadGroup"
+    arg: Vector
+
+    def definition(self) -> str:
+        return f"lim_H H^(-1/2) Σ_h {self.arg.name}^h"
+
+    def parents(self):
+        return (self.arg,)
+
+
+@dataclass(frozen=True, eq=False)
+class HeadGroup:
+    """The representatives summed over the same infinitely many heads, and the matrices drawn afresh per head."""
+
+    args: tuple
+    per_head: tuple
+
+
 def _lincomb_text(coeffs, args) -> str:
     terms = []
     for c, v in zip(coeffs, args):
@@ -527,6 +550,60 @@ def lincomb(coeffs, xs, name: str | None = None) -> Vector:
     prog = _program_of(list(xs) + [c for c in checked if isinstance(c, Scalar)], where)
     return prog._add(LinComb, name or prog._fresh(_lincomb_text(checked, xs).replace(" ", "")),
                      dim=xs[0].dim, coeffs=tuple(checked), args=xs)
+
+
+def infinite_head_sum(vectors, per_head, names=None) -> tuple[Vector, ...]:
+    """y_i := lim_{H→∞} H^{-1/2} Σ_h v_i^h: the normalised sum of `vectors` over infinitely many heads, each head an
+    independent copy of the matrices `per_head` (everything else is shared). Each v_i must be a linear
+    combination of MatMuls by per-head matrices, so that distinct heads are uncorrelated and the sum has mean 0,
+    and every random scalar it depends on must be per-head (depend on a per-head matrix): then by the CLT over
+    heads the limit is N(0, E[Z^v Z^vᵀ]), independent of every other node (a single head's share vanishes). A
+    program with such sums has no finite-width network (`netsor.simulate` refuses it)."""
+    where = "infinite_head_sum"
+    vectors = (vectors,) if isinstance(vectors, Vector) else tuple(vectors)
+    vectors = _vectors(vectors, where)
+    per_head = (per_head,) if isinstance(per_head, Matrix) else tuple(per_head)
+    if not per_head or not all(isinstance(W, Matrix) for W in per_head):
+        raise ProgramError(f"{where}: per_head must be the matrices drawn afresh for each head, got {per_head!r}")
+    prog = _program_of(list(vectors) + list(per_head), where)
+    fresh = {W.index for W in per_head}
+    for node in prog.nodes:
+        if isinstance(node, HeadSum) and fresh & {W.index for W in node.group.per_head}:
+            raise ProgramError(f"{where}: the per-head matrices overlap those of the head sum {node.name}; give "
+                               f"each family of heads its own matrices")
+    for v in vectors:
+        if v.dim != WIDTH:
+            raise ProgramError(f"{where}: {v.name} ∈ R^{v.dim}; the head sum is over width-n vectors")
+        atom = _first_shared_atom(v, fresh)
+        if atom is not None:
+            raise ProgramError(f"{where}: {v.name} is not a combination of MatMuls by per-head matrices "
+                               f"({atom.name} := {atom.definition()}), so different heads could be correlated")
+    ancestors = prog.ancestors(vectors)
+    nested = next((node for node in ancestors if isinstance(node, HeadSum)), None)
+    if nested is not None:
+        raise ProgramError(f"{where}: {nested.name} is itself an infinite head sum; nested head sums are not covered")
+    for node in ancestors:
+        random_source = (isinstance(node, Dot) and node.exponent == 0.5 and node.args[0].dim == WIDTH
+                         or isinstance(node, (Input, MatMul)) and node.dim != WIDTH)  # scores or sampled rows
+        if random_source and not any(a.index in fresh for a in prog.ancestors([node]) if isinstance(a, Matrix)):
+            raise ProgramError(f"{where}: the heads share the random {node.name} (it depends on no per-head "
+                               f"matrix), so the sum is a mixture over it, not covered here")
+    if isinstance(names, str) or names is not None and len(names) != len(vectors):
+        raise ProgramError(f"{where}: names must be a sequence of {len(vectors)} names, got {names!r}")
+    group = HeadGroup(vectors, per_head)
+    names = names or [prog._fresh(f"S{v.name}") for v in vectors]
+    return tuple(prog._add(HeadSum, name, dim=WIDTH, group=group, arg=v) for name, v in zip(names, vectors))
+
+
+def _first_shared_atom(v: Vector, fresh: set):
+    """The first atom of v's linear expansion that is not a MatMul by a per-head matrix (None if all are)."""
+    if isinstance(v, MatMul):
+        return None if v.matrix.index in fresh else v
+    if isinstance(v, LinComb):
+        return next((a for a in map(lambda x: _first_shared_atom(x, fresh), v.args) if a is not None), None)
+    if isinstance(v, Nonlin) and v.phi.linear and len(v.args) == 1:
+        return _first_shared_atom(v.args[0], fresh)
+    return v
 
 
 SCALES = {"sqrt": 0.5, "linear": 1.0}

@@ -2,6 +2,8 @@
 theorem's covariances, means and scalar limits, one value per sample."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 
 from ..compiled.linalg import quadratic_forms
@@ -10,7 +12,8 @@ from ..ir.nonlinearities import identity
 from ..ir.program import (WIDTH, Dot, Input, LinComb, MatMul, Matrix, Moment, Node, Nonlin, Scalar, ScalarFn,
                           SoftmaxEntry, Vector)
 from ..ir.semantics import derived_value, scalar_function_value
-from .quadrature import batched_gaussian_expectation, gaussian_expectation
+from .quadrature import (BATCHED_ORDERS, PER_SAMPLE_RTOL, batched_gaussian_expectation, gaussian_expectation,
+                         monte_carlo_gaussian_expectation)
 from .structure import _Structure, is_gvar, is_row_gvar
 
 
@@ -52,6 +55,30 @@ class _Calculus:
         self._expansion: dict[int, dict] = {}
         self._frontier: dict = {}
         self._softmax: dict = {}
+        self._inner = None  # (rng, draws) inside `inner_monte_carlo`
+
+    @contextmanager
+    def inner_monte_carlo(self, rng, draws: int):
+        """Within: per-sample Gaussian expectations that the result depends on linearly (atom products and means
+        in a kernel or mean) are unbiased Monte Carlo averages over `draws` draws; their noise averages out over the
+        samples and is part of the outer standard error. Whatever enters nonlinearly (scalars, closed-form rules,
+        the Gaussian covariances integrated against) stays deterministic and accuracy-checked."""
+        self._inner = (rng, int(draws))
+        try:
+            yield
+        finally:
+            self._inner = None
+
+    @contextmanager
+    def _deterministic(self):
+        saved, self._inner = self._inner, None
+        try:
+            yield
+        finally:
+            self._inner = saved
+
+    def _mode(self) -> bool:
+        return self._inner is not None
 
     def _delegate(self, *nodes) -> bool:
         return self.base is not None and not any(self.structure.is_random(n) for n in nodes)
@@ -100,7 +127,7 @@ class _Calculus:
         """E[Z^u Z^v | sampled randomness] for width-n vectors, (len(us), len(vs), B)."""
         if self._delegate(*us, *vs):
             return self.base.kernel_matrix(us, vs)
-        key = (tuple(u.index for u in us), tuple(v.index for v in vs))
+        key = (tuple(u.index for u in us), tuple(v.index for v in vs), self._mode())
         if key not in self._kernels:
             symmetric = key[0] == key[1]
             atoms_u, left = self._coefficients(us)
@@ -176,12 +203,14 @@ class _Calculus:
 
     def atom_product(self, a: Node, b: Node) -> np.ndarray:
         """E[A B] for atoms at least one of which is a Nonlin, (B,)."""
-        key = ("product", min(a.index, b.index), max(a.index, b.index))
+        key = ("product", min(a.index, b.index), max(a.index, b.index), self._mode())
         if key in self._kernels:
             return self._kernels[key]
         value = self._closed_form_product(a, b)
         if value is None:
-            if not np.any(self.kernel_matrix(list(self.frontier(a)), list(self.frontier(b)))):
+            with self._deterministic():
+                independent = not np.any(self.kernel_matrix(list(self.frontier(a)), list(self.frontier(b))))
+            if independent:
                 value = self.atom_mean(a) * self.atom_mean(b)  # independent Gaussian frontiers: E[AB] = E[A] E[B]
             else:
                 value = self.expectation([a, b], product=True)
@@ -201,7 +230,8 @@ class _Calculus:
         rule = None if phi is None or psi is None else phi.closed_form_product(psi)
         if rule is None:
             return None
-        K = self.kernel_matrix([x, y], [x, y])
+        with self._deterministic():  # the rule is nonlinear in K
+            K = self.kernel_matrix([x, y], [x, y])
         return np.atleast_1d(rule(K[0, 0], K[1, 1], K[0, 1]))
 
     def mean_vector(self, vs) -> np.ndarray:
@@ -217,13 +247,14 @@ class _Calculus:
         return np.einsum("kmb,mb->kb", np.broadcast_to(coeffs, coeffs.shape[:2] + (B,)), stacked)
 
     def atom_mean(self, a: Node) -> np.ndarray:
-        key = ("mean", a.index)
+        key = ("mean", a.index, self._mode())
         if key in self._kernels:
             return self._kernels[key]
         if is_gvar(a):
             value = np.zeros(1)
         elif a.phi.closed_form_mean() is not None and self.is_gaussian(a.args[0]):
-            value = np.atleast_1d(a.phi.closed_form_mean()(self._scalar_kernel(a.args[0], a.args[0])))
+            with self._deterministic():
+                value = np.atleast_1d(a.phi.closed_form_mean()(self._scalar_kernel(a.args[0], a.args[0])))
         else:
             value = self.expectation([a])
         self._kernels[key] = value
@@ -233,7 +264,8 @@ class _Calculus:
     def expectation(self, nodes, product: bool = False) -> np.ndarray:
         """E[Π Z^node] (product) or E[Z^node] of one node, over the joint law of the nodes' Gaussian frontier, (B,)."""
         gvars = sorted({g for n in nodes for g in self.frontier(n)}, key=lambda n: n.index)
-        cov = self.kernel_matrix(gvars, gvars)
+        with self._deterministic():  # the law integrated against: exact, whatever the mode
+            cov = self.kernel_matrix(gvars, gvars)
 
         def values(points, view):
             env = {g.index: points[..., i] for i, g in enumerate(gvars)}
@@ -246,7 +278,25 @@ class _Calculus:
             return np.atleast_1d(gaussian_expectation(lambda p: values(p, lambda a: a), cov[:, :, 0],
                                                               coarse=self.coarse, kinks=kinks))
         cov = np.ascontiguousarray(np.broadcast_to(cov, cov.shape[:2] + (self.B,)))
-        return batched_gaussian_expectation(lambda p, sel: values(p, _batch_view(sel)), cov)
+        integrand = lambda p, sel: values(p, _batch_view(sel))  # noqa: E731
+        if self._inner is not None:
+            return monte_carlo_gaussian_expectation(integrand, cov, *self._inner)
+        what = _describe_integral(nodes, product)
+        if len(gvars) > max(BATCHED_ORDERS):
+            raise ProgramError(f"{what}: given the random scalars this is an integral over {len(gvars)} Gaussian "
+                               f"dimensions ({', '.join(g.name for g in gvars)}); per-sample integration is accurate "
+                               f"to at most {max(BATCHED_ORDERS)}")
+        value, error = batched_gaussian_expectation(integrand, cov)
+        scale = np.abs(value) + np.abs(value).mean()  # relative to the sample and to the typical magnitude
+        worst = int(np.argmax(error / np.maximum(scale, 1e-300)))
+        if not np.all(np.isfinite(value)) or error[worst] > PER_SAMPLE_RTOL * scale[worst]:
+            raise ProgramError(f"{what}: given the random scalars the {len(gvars)}-dimensional Gaussian integral "
+                               f"is not resolved per sample by the {BATCHED_ORDERS[len(gvars)]}-point rule (error "
+                               f"{error[worst]:.1e} on {value[worst]:.3g}, tolerance {PER_SAMPLE_RTOL:g} relative); "
+                               f"its moments are estimated by Monte Carlo (Law.cov, Law.sample), but a value that "
+                               f"enters nonlinearly (a scalar, a later layer's scores, conditional moments) cannot "
+                               f"be computed to that accuracy")
+        return value
 
     def _kinks(self, nodes, gvars) -> list:
         """(a, k) pairs: Z is not smooth where a·g = k, for kinked φ applied to a Gaussian argument."""
@@ -271,6 +321,10 @@ class _Calculus:
             return self.base.scalar(s)
         if s.index in self._scalars:
             return self._scalars[s.index]
+        with self._deterministic():  # a scalar's value enters everything after it nonlinearly
+            return self._scalar(s)
+
+    def _scalar(self, s: Scalar) -> np.ndarray:
         if isinstance(s, Moment):
             (first, *more) = s.args
             rule = s.phi.closed_form_mean()
@@ -331,6 +385,11 @@ class _Calculus:
 
 def _as_is(x):
     return x
+
+
+def _describe_integral(nodes, product: bool) -> str:
+    names = [n.moment.name if isinstance(n, _MomentIntegrand) else n.name for n in nodes]
+    return f"E[{' · '.join(names)}]" if product else names[0]
 
 
 def _independence_classes(atoms_u, atoms_v) -> list[tuple[list[int], list[int]]]:

@@ -24,13 +24,21 @@ from scipy.special import logsumexp
 
 from ..compiled.linalg import sample_gaussian, semidefinite_cholesky
 from ..errors import ProgramError
-from ..ir.program import WIDTH, Dot, Program, Scalar, Vector
+from ..ir.program import WIDTH, Dot, HeadSum, Program, Scalar, Vector
 from ..parallel import map_blocks
 from ..random import check_size, seed_sequence, stream
 from .calculus import _Calculus, _Env
 from .gaussian import GaussianLaw
+from .quadrature import gaussian_factor
 from .structure import SAMPLE_BLOCK, _check_zero_kernel, _Structure, is_row_gvar, is_source, is_sqrt_dot
 from .symbolic import describe
+
+# Inner draws per sample of the random scalars for conditional integrals without a closed form, in Monte Carlo
+# moments (antithetic pairs): variance E[Var(f | scalars)] / INNER_DRAWS on top of the outer term, at little cost
+# next to the sampling of the scalars.
+INNER_DRAWS = 32
+HEAD_SUM_SIZE = 400_000  # draws of one head's random scalars behind the covariance that head sums are sampled from
+HEAD_SUM_STREAM = 1 << 40  # stream key of head-sum draws, beyond every block index
 
 
 # --------------------------------------------------------------------------------------------------- the law
@@ -48,7 +56,13 @@ class Law:
         if not isinstance(program, Program):
             raise ProgramError(f"limit: expected a netsor Program, got {type(program).__name__}")
         self.program = program
+        for node in program.nodes:
+            after = next((p for p in node.parents() if isinstance(p, HeadSum)), None)
+            if after is not None:
+                raise ProgramError(f"{node.name} := {node.definition()}: uses the infinite head sum {after.name}; "
+                                   f"the limit of nodes after a head sum is not derived here")
         self._derived_nodes = len(program)
+        self._head_sum_factors: dict = {}
         self.structure = _Structure(program)
         self._fine = _Calculus(self.structure)
         self._shared_factors: dict = {}
@@ -111,6 +125,8 @@ class Law:
 
     def _moments(self, variables, pick, error, size, seed):
         nodes = self._resolve(variables)
+        if any(isinstance(n, HeadSum) for n in nodes):
+            return self._moments_with_head_sums(nodes, pick, error, size, seed)
         if all(self._is_first_level_dot(n) or not self.structure.is_random(n) for n in nodes) and \
                 any(self.structure.is_random(n) for n in nodes):
             value = pick(*self._exact_with_first_level_dots(nodes))
@@ -122,10 +138,13 @@ class Law:
             coarse = pick(*(a[0] for a in self._first_and_second(self._coarse, nodes)))
             return fine, 2 * np.abs(fine - coarse) + 1e-14 * np.abs(fine)
         # Monte Carlo over the random scalars of the conditional moments; SE from the influence function
-        size = check_size(size, "size")
+        size = check_size(size, "size", floats_per_item=len(nodes) * (len(nodes) + 1))  # what it keeps per sample
 
         def work(env, calc, rng):
-            m, s = self._first_and_second(calc, nodes)
+            # the result is linear in each sample's conditional moments: integrals without a closed form may be
+            # unbiased inner Monte Carlo estimates, whose noise the influence-function SE below includes
+            with calc.inner_monte_carlo(rng, INNER_DRAWS):
+                m, s = self._first_and_second(calc, nodes)
             return np.broadcast_to(m, (env.size,) + m.shape[1:]), np.broadcast_to(s, (env.size,) + s.shape[1:])
 
         parts = list(self._map_blocks(nodes, size, seed_sequence(seed), work))
@@ -134,6 +153,37 @@ class Law:
         if not error:
             return value
         return value, influence.std(axis=0) / math.sqrt(len(m))
+
+    def _moments_with_head_sums(self, nodes, pick, error, size, seed):
+        """Head sums are N(0, E[Z^v Z^vᵀ]) over one head (Monte Carlo over its random scalars, with that SE) and
+        independent of every other node and of other groups' sums."""
+        k = len(nodes)
+        is_mean = pick is _pick_mean
+        value, se = (np.zeros(k), np.zeros(k)) if is_mean else (np.zeros((k, k)), np.zeros((k, k)))
+        others = [i for i, n in enumerate(nodes) if not isinstance(n, HeadSum)]
+        if others:
+            v, e = self._moments([nodes[i] for i in others], pick, True, size, seed)
+            index = others if is_mean else np.ix_(others, others)
+            value[index], se[index] = v, e
+        if not is_mean:
+            for group, members in _head_groups(nodes).items():
+                K, e = self.kernel([nodes[i].arg for i in members], error=True, size=size, seed=seed)
+                value[np.ix_(members, members)], se[np.ix_(members, members)] = K, e
+        return (value, se) if error else value
+
+    def _head_sum_draws(self, nodes, members, size: int, rng) -> np.ndarray:
+        """(size, m) draws of head sums of one group from N(0, K), K their kernel over one head (estimated once
+        per law with HEAD_SUM_SIZE draws of its random scalars where it has any; `kernel(error=True)` gives its
+        SE)."""
+        factor = self._head_sum_factor(nodes, members)
+        return rng.standard_normal((size, factor.shape[1])) @ factor.T
+
+    def _head_sum_factor(self, nodes, members) -> np.ndarray:
+        key = tuple(nodes[i].index for i in members)
+        if key not in self._head_sum_factors:
+            K = self.kernel([nodes[i].arg for i in members], size=HEAD_SUM_SIZE, seed=0)
+            self._head_sum_factors[key] = gaussian_factor(K)
+        return self._head_sum_factors[key]
 
     def _is_first_level_dot(self, node) -> bool:
         return is_sqrt_dot(node) and self.structure.level[node.index] == 1
@@ -188,7 +238,7 @@ class Law:
         the thread count."""
         needed = self.program.ancestors(nodes)
         sources = [n for n in needed if is_source(n)]
-        blocks = [(b, min(SAMPLE_BLOCK, size - start)) for b, start in enumerate(range(0, size, SAMPLE_BLOCK))]
+        blocks = ((b, min(SAMPLE_BLOCK, size - start)) for b, start in enumerate(range(0, size, SAMPLE_BLOCK)))
 
         def run(block):
             b, count = block
@@ -248,6 +298,8 @@ class Law:
         size = check_size(size, floats_per_item=len(nodes))
         if threads is not None:
             threads = check_size(threads, "threads")
+        if any(isinstance(n, HeadSum) for n in nodes):
+            return self._sample_with_head_sums(nodes, size, seed, threads)
         out = np.empty((size, len(nodes)))
         start = 0
         for part in self._map_blocks(nodes, size, seed_sequence(seed),
@@ -257,6 +309,18 @@ class Law:
         return out
 
     rvs = sample  # scipy.stats spelling
+
+    def _sample_with_head_sums(self, nodes, size, seed, threads):
+        """Head sums drawn from their Gaussian limit on streams of their own, the other nodes as usual: they are
+        independent."""
+        root = seed_sequence(seed)
+        out = np.empty((size, len(nodes)))
+        others = [i for i, n in enumerate(nodes) if not isinstance(n, HeadSum)]
+        if others:
+            out[:, others] = self.sample([nodes[i] for i in others], size, root, threads)
+        for position, members in enumerate(_head_groups(nodes).values()):
+            out[:, members] = self._head_sum_draws(nodes, members, size, stream(root, HEAD_SUM_STREAM, position))
+        return out
 
     def sample_scalars(self, scalars, size: int, seed=None) -> np.ndarray:
         """(size, k) joint draws of scalar nodes (random or not)."""
@@ -298,7 +362,17 @@ class Law:
     def conditional_moments(self, variables, size: int, seed=None):
         """(means (size, k), covariances (size, k, k)) of the variables given draws of the random scalars."""
         nodes = self._resolve(variables, "conditional_moments")
-        size = check_size(size)
+        size = check_size(size, floats_per_item=len(nodes) * (len(nodes) + 1))
+        if any(isinstance(n, HeadSum) for n in nodes):  # independent of the random scalars: N(0, K) given any
+            means, covs = np.zeros((size, len(nodes))), np.zeros((size, len(nodes), len(nodes)))
+            others = [i for i, n in enumerate(nodes) if not isinstance(n, HeadSum)]
+            if others:
+                m, c = self.conditional_moments([nodes[i] for i in others], size, seed)
+                means[:, others], covs[:, np.asarray(others)[:, None], others] = m, c
+            for members in _head_groups(nodes).values():
+                factor = self._head_sum_factor(nodes, members)
+                covs[:, np.asarray(members)[:, None], members] = factor @ factor.T
+            return means, covs
 
         def work(env, calc, rng):
             m, s = self._first_and_second(calc, nodes)
@@ -359,6 +433,16 @@ class Law:
         return GaussianLaw(nodes, np.zeros(len(nodes)), kernel, se,
                            description="Infinite-copies (infinite-head) limit: Gaussian with covariance E[Z Zᵀ]")
 
+    def gaussian(self, variables, size: int = 400_000, seed=0) -> GaussianLaw:
+        """N(mean, cov) of the variables as a `GaussianLaw` (cov_se its Monte Carlo SE where estimated): the law
+        itself for variables jointly Gaussian with fixed moments (head sums, deterministic programs' G-vars), else
+        their Gaussian summary."""
+        nodes = self._resolve(variables, "gaussian")
+        mean = self.mean(nodes, size=size, seed=seed)
+        cov, se = self.cov(nodes, error=True, size=size, seed=seed)
+        return GaussianLaw(nodes, mean, cov, se, description=f"Gaussian with the moments of netsor.limit"
+                                                              f"({self.program.name!r})")
+
     def describe(self, variables=None, latex: bool = False) -> str:
         """The law as formulas: random scalars and their covariance, the conditional law of the variables."""
         return describe(self, variables, latex=latex)
@@ -384,6 +468,15 @@ def independent_blocks(cov: np.ndarray) -> list[list[int]]:
 def _as_slice(index: list[int]):
     """A slice for a run of consecutive indices (a view, not a copy), else the list itself."""
     return slice(index[0], index[-1] + 1) if index == list(range(index[0], index[-1] + 1)) else index
+
+
+def _head_groups(nodes) -> dict:
+    """Positions of the head sums among nodes, by their group (in order of first appearance)."""
+    groups: dict = {}
+    for i, n in enumerate(nodes):
+        if isinstance(n, HeadSum):
+            groups.setdefault(id(n.group), []).append(i)
+    return groups
 
 
 def _normals(rng, d: int, S: int) -> np.ndarray:

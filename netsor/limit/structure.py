@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ProgramError
-from ..ir.program import (WIDTH, Dot, Input, LinComb, MatMul, Matrix, Moment, Node, Nonlin, Program, ScalarFn,
-                          SoftmaxEntry, Vector)
+from ..ir.program import (WIDTH, Dot, HeadSum, Input, LinComb, MatMul, Matrix, Moment, Node, Nonlin, Program,
+                          ScalarFn, SoftmaxEntry, Vector)
 
 SAMPLE_BLOCK = 1 << 15  # samples per random stream; fixed so results do not depend on chunking or threads
 ZERO_KERNEL_RTOL = 1e-9
@@ -41,6 +41,9 @@ class _Structure:
         for node in program.nodes:
             if isinstance(node, Matrix):
                 continue
+            if isinstance(node, HeadSum):  # Gaussian with a fixed covariance, independent of the rest (the Law's)
+                self.level[node.index] = 0
+                continue
             self._check_supported(node)
             parents = [p for p in node.parents() if not isinstance(p, Matrix)]
             level = max((self.level[p.index] for p in parents), default=0)
@@ -58,7 +61,7 @@ class _Structure:
 
     def is_gaussian(self, v: Vector) -> bool:
         """Whether Z^v is Gaussian given the random scalars: a combination of G-vars (identity passes through)."""
-        if is_gvar(v):
+        if is_gvar(v) or isinstance(v, HeadSum):
             return True
         if isinstance(v, Nonlin):
             return v.phi.linear and self.is_gaussian(v.args[0])

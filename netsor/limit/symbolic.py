@@ -15,7 +15,8 @@ import numpy as np
 import sympy
 
 from ..errors import ProgramError
-from ..ir.program import WIDTH, Dot, Input, MatMul, Moment, Nonlin, Scalar, ScalarFn, SoftmaxEntry, Vector
+from ..ir.program import (WIDTH, Dot, HeadSum, Input, MatMul, Moment, Nonlin, Scalar, ScalarFn, SoftmaxEntry,
+                          Vector)
 
 CONSTANTS = [sympy.sqrt(2), sympy.sqrt(3), sympy.pi]
 
@@ -85,6 +86,8 @@ class _Symbolic:
             return number(a.matrix.var) * self.kernel(a.arg, b.arg)
         if isinstance(a, (Input, MatMul)) and isinstance(b, (Input, MatMul)):
             return sympy.Integer(0)
+        if not self.structure.is_random(a) and not self.structure.is_random(b):
+            return number(self.calc.atom_product(a, b)[0])  # a number, not an unevaluated symbol
         return sympy.Symbol(f"E[{a.name}·{b.name}]")
 
     def scalar(self, s: Scalar) -> sympy.Expr:
@@ -107,9 +110,21 @@ def describe(law, variables=None, latex: bool = False) -> str:
         variables = [n for n in program.nodes if isinstance(n, Vector) and not any(
             n in m.parents() for m in program.nodes)]
     nodes = law._resolve(variables, "describe")
+    if not isinstance(latex, bool):
+        raise ProgramError(f"describe: latex must be True or False, got {latex!r}")
     sym = _Symbolic(law)
     show = sympy.latex if latex else sympy.sstr
     lines = [f"Infinite-width law of {program.name!r}"]
+    head_sums = [v for v in nodes if isinstance(v, HeadSum)]
+    if head_sums:
+        K, se = law.kernel([v.arg for v in head_sums], error=True)
+        lines.append(f"Infinite head sums (CLT over independent heads; independent of every other node): "
+                     f"({', '.join(v.name for v in head_sums)}) ~ N(0, E[Z Zᵀ]) over one head's "
+                     f"({', '.join(v.arg.name for v in head_sums)}), E[Z Zᵀ] = {show(_matrix(K))}"
+                     + (f" (Monte Carlo SE ≤ {se.max():.1e})" if np.any(se) else ""))
+        nodes = [v for v in nodes if not isinstance(v, HeadSum)]
+        if not nodes:
+            return "\n".join(lines)
     random = law.random_scalars
     gaussian_dots = [d for d in random if law._is_first_level_dot(d)]
     if gaussian_dots:
@@ -157,9 +172,14 @@ def describe(law, variables=None, latex: bool = False) -> str:
         else:
             lines.append(f"Deterministic Gaussian limit: ({names}) ~ N(μ, K) with μ = "
                          f"{show(sympy.Matrix([[number(m) for m in law.mean(vectors)]]))} and")
-        for i, u in enumerate(vectors):
-            for j in range(i, len(vectors)):
-                lines.append(f"  K[{u.name},{vectors[j].name}] = {show(sym.kernel(u, vectors[j]))}")
+        formulas = [sym.kernel(u, vectors[j]) for i, u in enumerate(vectors) for j in range(i, len(vectors))]
+        pairs = [(u, vectors[j]) for i, u in enumerate(vectors) for j in range(i, len(vectors))]
+        lines += [f"  K[{u.name},{v.name}] = {show(f)}" for (u, v), f in zip(pairs, formulas)]
+        names = {str(x) for f in formulas for x in f.free_symbols}
+        if any(n.startswith("E[") for n in names):
+            lines.append("  where E[a·b] = E[Z^a Z^b | the random scalars], integrated per sample")
+        if any(n.startswith("G[") for n in names):
+            lines.append("  where G[a,b] = (1/N) Σ_r a_r b_r over the N sampled rows")
     deterministic = [s for s in nodes if isinstance(s, Scalar) and not law.structure.is_random(s)]
     if deterministic:
         lines.append("Deterministic scalars:")

@@ -158,10 +158,23 @@ def test_infinite_heads_is_gaussian_with_the_averaged_covariance():
     cond = reference_output_law(SPD, 1, 400_000, seed=6)
     ref_se = cond.std(axis=0) / np.sqrt(len(cond))
     assert np.all(np.abs(gaussian.cov - cond.mean(axis=0)) < 5 * np.hypot(gaussian.cov_se, ref_se))
-    draws = gaussian.sample(200_000, seed=1)
+    draws = gaussian.sample(layer.outputs, 200_000, seed=1)  # one signature for every law object
     assert abs(stats.kurtosis(draws[:, 0])) < 0.05  # Gaussian, unlike any finite H
     with pytest.raises(netsor.ProgramError, match="infinitely many heads"):
         layer.simulate(16, 4)
+    # the infinite head sum is part of the program: netsor.limit gives the same Gaussian, not one head's mixture
+    law = netsor.limit(layer.program)
+    cov, se = law.cov(layer.outputs, error=True, size=200_000, seed=5)
+    assert np.all(np.abs(cov - gaussian.cov) < 5 * np.hypot(se, gaussian.cov_se))
+    draws = law.sample(layer.outputs, 200_000, seed=2)
+    assert abs(stats.kurtosis(draws[:, 0])) < 0.05
+    one_head = netsor.limit(attention_layer(seq_len=4, heads=1, inputs=SPD).program)
+    single = one_head.sample(one_head.program["y1"], 200_000, seed=2)[:, 0]
+    assert stats.kurtosis(single) > 0.15  # power: one head's law is a heavier-tailed mixture (kurtosis ≈ 0.26)
+    with pytest.raises(netsor.ProgramError, match="infinitely many heads|infinite head sum"):
+        netsor.simulate(layer.program, 16, layer.outputs, 4, seed=0)
+    with pytest.raises(netsor.ProgramError, match="signature is sample"):
+        gaussian.sample(1000, 0)  # the old (size, seed) order
 
 
 @pytest.mark.parametrize("head_dim, kurtosis", [(1, 6.0), (16, 0.375)])

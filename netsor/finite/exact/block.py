@@ -72,143 +72,15 @@ def simulate_exact_block(plan: ExactPlan, width: int, targets, root, block: int,
             continue
         grams.append(_wishart(stream(root, block, 1, i), stream(root, block, 2, i), dof, len(cols), S,
                               None if plan.gram_only[i] else np.ascontiguousarray(b0[:, cols])))
-    # c_v with v = B c_v, stored on v's static support plan.cols(v) only: (S, |support|)
-    coef: dict[int, np.ndarray] = {}
-    values: dict = {}
-
-    def coefficients(v: Vector) -> np.ndarray:
-        """c_v on the columns plan.cols(v), (S, |support|)."""
-        v = _linear_source(v)
-        if v.index in coef:
-            return coef[v.index]
-        if ("front", v.index) in plan.columns:
-            c = np.ones((S, 1))
-        elif isinstance(v, Input):
-            c = np.repeat(plan.factors[id(v.group)][v.position][None, :], S, axis=0)
-        elif isinstance(v, MatMul):
-            apply_matrix(v.matrix)
-            return coef[v.index]
-        else:
-            c = np.zeros((S, len(plan.cols(v))))
-            if isinstance(v, LinComb):
-                for k, arg in zip(v.coeffs, v.args):
-                    weight = scalar(k) if isinstance(k, Scalar) else np.full(1, float(k))
-                    add_scaled_at(c, coefficients(arg), weight, plan.within(v, arg))
-        coef[v.index] = c
-        return c
-
-    def full(v: Vector) -> np.ndarray:
-        """c_v on all M basis columns, (S, M)."""
-        c = np.zeros((S, M))
-        c[:, plan.cols(v)] = coefficients(v)
-        return c
-
-    def bilinear(u: Vector, v: Vector) -> np.ndarray:
-        """c_uᵀ G c_v per network, (S,), on the columns the two use (limit: c_uᵀ(Ξ+Ξᵀ)c_v)."""
-        iu, iv = plan.cols(u), plan.cols(v)
-        if len(iu) == 0 or len(iv) == 0:
-            return np.zeros(S)
-        component, lu, lv = plan.local(u, v)
-        left, right = coefficients(u)[:, None, :], coefficients(v)[:, None, :]
-        return sandwiches_at(left, grams[component], lu, lv, right)[0, 0]
-
-    def dot(s: Dot) -> np.ndarray:
-        if not limit:
-            pair = plan.dot_pair(s)
-            if pair is None:
-                return bilinear(*s.args) / float(width) ** s.exponent
-            Wu, Wv, i, j, u, v = pair
-            key = ("dots", Wu.index, Wv.index)
-            if key not in values:  # every (W_u a)·(W_v b) at once: L_u G L_vᵀ, kept (a, b, S)
-                component, iu, iv = plan.local(u, v)
-                values[key] = sandwiches_at(row_factor(Wu), grams[component], iu, iv, row_factor(Wv))
-            return values[key][i, j] / float(width) ** s.exponent
-        cu, cv = full(s.args[0]), full(s.args[1])
-        inner = np.einsum("sm,sm->s", cu, cv)  # the order-n part of G
-        if s.exponent == 1.0:
-            return inner
-        if np.any(np.abs(inner) > 1e-9 * np.sqrt(np.einsum("sm,sm->s", cu, cu) * np.einsum("sm,sm->s", cv, cv))):
-            raise ProgramError(f"{s.name} := {s.definition()}: E[Z^{s.args[0].name} Z^{s.args[1].name}] ≠ 0, so the "
-                               f"dot diverges as n → ∞ and has no coupled limit")
-        return bilinear(*s.args) if s.exponent == 0.5 else np.zeros(S)
-
-    def linear_row_factor(matrix: Matrix) -> np.ndarray:
-        """L with L Lᵀ = σ² CᵀGC/n (limit: σ² CᵀC), the row covariance of W applied to its width-n arguments."""
-        args = plan.args[matrix.index]
-        used = plan.cols(*args)
-        Cu = np.zeros((S, len(used), len(args)))
-        for j, a in enumerate(args):
-            Cu[:, plan.within(args, a), j] = coefficients(a)
-        if limit:
-            return _row_factor(matrix.var * np.einsum("smi,smj->sij", Cu, Cu))
-        component, local, _ = plan.local(args, args)
-        Ct = Cu.transpose(0, 2, 1)  # σ² CᵀGC/n is the sandwich Cᵀ G (Cᵀ)ᵀ; it comes network-last
-        congruence = sandwiches_at(Ct, grams[component], local, local, Ct).transpose(2, 0, 1)
-        return _row_factor(matrix.var / width * congruence)
-
-    def row_factor(matrix: Matrix) -> np.ndarray:
-        """linear_row_factor, shared by matrices of one variance applied to the same vectors (W_Q, W_K, W_V)."""
-        key = ("row factor", matrix.var, tuple(a.index for a in plan.args[matrix.index]))
-        if key not in values:
-            values[key] = linear_row_factor(matrix)
-        return values[key]
-
-    def apply_matrix(matrix: Matrix) -> None:
-        """All MatMuls by one matrix at once: W V = B_W Lᵀ with L Lᵀ the row covariance of W V."""
-        args = plan.args[matrix.index]
-        if matrix.shape[1] != WIDTH:  # from a fixed dimension: the Gram of the explicit rows, at any width
-            L = _explicit_row_factor(matrix, np.stack([small(a) for a in args], axis=2))
-        else:
-            L = row_factor(matrix)
-        position = {a.index: j for j, a in enumerate(args)}
-        for use in plan.uses[matrix.index]:
-            coef[use.index] = L[:, position[use.arg.index], :]
-
-    def small(v: Vector) -> np.ndarray:
-        """The N explicit rows (S, N) of a fixed-dimension vector."""
-        if v.index in front:
-            return front[v.index]
-        if v.index in values:
-            return values[v.index]
-        if isinstance(v, MatMul):  # rows iid N(0, σ² CᵀGC/n) (limit: σ² CᵀC), drawn for all uses at once
-            _draw_uses(plan, v.matrix, row_factor(v.matrix), stream(root, block, 5, v.matrix.index), v.dim,
-                       values)
-            return values[v.index]
-        out = derived_value(v, lambda a: scalar(a) if isinstance(a, Scalar) else small(a), width, values)
-        values[v.index] = out
-        return out
-
-    def scalar(s: Scalar) -> np.ndarray:
-        if s.index in front:
-            return front[s.index]
-        if s.index in values:
-            return values[s.index]
-        if isinstance(s, (Dot, Moment)) and s.args[0].dim != WIDTH:  # over a fixed dimension: its explicit rows
-            value = derived_value(s, small, width, values)
-        elif isinstance(s, Dot):
-            value = dot(s)
-        elif isinstance(s, SoftmaxEntry):  # the entries of one softmax at once
-            key = ("softmax", id(s.group))
-            if key not in values:
-                scores = s.group.scores
-                stacked = np.empty((len(scores), S))
-                for i, p in enumerate(scores):
-                    stacked[i] = scalar(p)
-                values[key] = softmax_columns(stacked)
-            value = values[key][s.position]
-        else:
-            value = scalar_function_value(s, scalar, values)
-        values[s.index] = value
-        return value
-
+    steps = _Steps(plan, width, root, block, S, limit, front, grams)
     out = np.empty((S, len(targets)))
     for j, t in enumerate(targets):
         if isinstance(t, Scalar):
-            out[:, j] = scalar(t)
+            out[:, j] = steps.scalar(t)
         elif t.dim != WIDTH:
-            out[:, j] = small(t)[:, 0]
+            out[:, j] = steps.small(t)[:, 0]
         else:
-            out[:, j] = np.einsum("sm,sm->s", b0[:, plan.cols(t)], coefficients(t))
+            out[:, j] = np.einsum("sm,sm->s", b0[:, plan.cols(t)], steps.coefficients(t))
     if not moments:
         return out
     # given everything else, the free columns' row-0 entries are iid N(0, 1): a Gaussian with these moments
@@ -216,8 +88,154 @@ def simulate_exact_block(plan: ExactPlan, width: int, targets, root, block: int,
     weights = np.zeros((S, len(targets), len(free)))
     for j, t in enumerate(targets):
         if isinstance(t, Vector) and t.dim == WIDTH:
-            weights[:, j] = full(t)[:, free]
+            weights[:, j] = steps.full(t)[:, free]
     mean = out - np.einsum("skf,sf->sk", weights, b0[:, free])
     return out, mean, np.einsum("skf,slf->skl", weights, weights)
 
 
+class _Steps:
+    """The step-by-step path of one block: coefficients c_v (v = B c_v) and scalar values, each computed once.
+
+    An object, not closures nested in simulate_exact_block: recursive closures reference their own cells, a
+    reference cycle that would keep every block's arrays (coefficients, Grams, front values) alive until the
+    cycle collector runs, so memory grew with the number of blocks. Nothing here refers back to the object."""
+
+    def __init__(self, plan: ExactPlan, width: int, root, block: int, S: int, limit: bool, front: dict,
+                 grams: list):
+        self.plan, self.width, self.root, self.block, self.S, self.limit = plan, width, root, block, S, limit
+        self.front, self.grams = front, grams
+        self.coef: dict[int, np.ndarray] = {}  # c_v stored on v's static support plan.cols(v) only: (S, |support|)
+        self.values: dict = {}
+
+    def coefficients(self, v: Vector) -> np.ndarray:
+        """c_v on the columns plan.cols(v), (S, |support|)."""
+        plan, S = self.plan, self.S
+        v = _linear_source(v)
+        if v.index in self.coef:
+            return self.coef[v.index]
+        if ("front", v.index) in plan.columns:
+            c = np.ones((S, 1))
+        elif isinstance(v, Input):
+            c = np.repeat(plan.factors[id(v.group)][v.position][None, :], S, axis=0)
+        elif isinstance(v, MatMul):
+            self.apply_matrix(v.matrix)
+            return self.coef[v.index]
+        else:
+            c = np.zeros((S, len(plan.cols(v))))
+            if isinstance(v, LinComb):
+                for k, arg in zip(v.coeffs, v.args):
+                    weight = self.scalar(k) if isinstance(k, Scalar) else np.full(1, float(k))
+                    add_scaled_at(c, self.coefficients(arg), weight, plan.within(v, arg))
+        self.coef[v.index] = c
+        return c
+
+    def full(self, v: Vector) -> np.ndarray:
+        """c_v on all M basis columns, (S, M)."""
+        c = np.zeros((self.S, self.plan.size))
+        c[:, self.plan.cols(v)] = self.coefficients(v)
+        return c
+
+    def bilinear(self, u: Vector, v: Vector) -> np.ndarray:
+        """c_uᵀ G c_v per network, (S,), on the columns the two use (limit: c_uᵀ(Ξ+Ξᵀ)c_v)."""
+        iu, iv = self.plan.cols(u), self.plan.cols(v)
+        if len(iu) == 0 or len(iv) == 0:
+            return np.zeros(self.S)
+        component, lu, lv = self.plan.local(u, v)
+        left, right = self.coefficients(u)[:, None, :], self.coefficients(v)[:, None, :]
+        return sandwiches_at(left, self.grams[component], lu, lv, right)[0, 0]
+
+    def dot(self, s: Dot) -> np.ndarray:
+        plan, width, values = self.plan, self.width, self.values
+        if not self.limit:
+            pair = plan.dot_pair(s)
+            if pair is None:
+                return self.bilinear(*s.args) / float(width) ** s.exponent
+            Wu, Wv, i, j, u, v = pair
+            key = ("dots", Wu.index, Wv.index)
+            if key not in values:  # every (W_u a)·(W_v b) at once: L_u G L_vᵀ, kept (a, b, S)
+                component, iu, iv = plan.local(u, v)
+                values[key] = sandwiches_at(self.row_factor(Wu), self.grams[component], iu, iv, self.row_factor(Wv))
+            return values[key][i, j] / float(width) ** s.exponent
+        cu, cv = self.full(s.args[0]), self.full(s.args[1])
+        inner = np.einsum("sm,sm->s", cu, cv)  # the order-n part of G
+        if s.exponent == 1.0:
+            return inner
+        if np.any(np.abs(inner) > 1e-9 * np.sqrt(np.einsum("sm,sm->s", cu, cu) * np.einsum("sm,sm->s", cv, cv))):
+            raise ProgramError(f"{s.name} := {s.definition()}: E[Z^{s.args[0].name} Z^{s.args[1].name}] ≠ 0, so the "
+                               f"dot diverges as n → ∞ and has no coupled limit")
+        return self.bilinear(*s.args) if s.exponent == 0.5 else np.zeros(self.S)
+
+    def linear_row_factor(self, matrix: Matrix) -> np.ndarray:
+        """L with L Lᵀ = σ² CᵀGC/n (limit: σ² CᵀC), the row covariance of W applied to its width-n arguments."""
+        plan = self.plan
+        args = plan.args[matrix.index]
+        used = plan.cols(*args)
+        Cu = np.zeros((self.S, len(used), len(args)))
+        for j, a in enumerate(args):
+            Cu[:, plan.within(args, a), j] = self.coefficients(a)
+        if self.limit:
+            return _row_factor(matrix.var * np.einsum("smi,smj->sij", Cu, Cu))
+        component, local, _ = plan.local(args, args)
+        Ct = Cu.transpose(0, 2, 1)  # σ² CᵀGC/n is the sandwich Cᵀ G (Cᵀ)ᵀ; it comes network-last
+        congruence = sandwiches_at(Ct, self.grams[component], local, local, Ct).transpose(2, 0, 1)
+        return _row_factor(matrix.var / self.width * congruence)
+
+    def row_factor(self, matrix: Matrix) -> np.ndarray:
+        """linear_row_factor, shared by matrices of one variance applied to the same vectors (W_Q, W_K, W_V)."""
+        key = ("row factor", matrix.var, tuple(a.index for a in self.plan.args[matrix.index]))
+        if key not in self.values:
+            self.values[key] = self.linear_row_factor(matrix)
+        return self.values[key]
+
+    def apply_matrix(self, matrix: Matrix) -> None:
+        """All MatMuls by one matrix at once: W V = B_W Lᵀ with L Lᵀ the row covariance of W V."""
+        args = self.plan.args[matrix.index]
+        if matrix.shape[1] != WIDTH:  # from a fixed dimension: the Gram of the explicit rows, at any width
+            L = _explicit_row_factor(matrix, np.stack([self.small(a) for a in args], axis=2))
+        else:
+            L = self.row_factor(matrix)
+        position = {a.index: j for j, a in enumerate(args)}
+        for use in self.plan.uses[matrix.index]:
+            self.coef[use.index] = L[:, position[use.arg.index], :]
+
+    def small(self, v: Vector) -> np.ndarray:
+        """The N explicit rows (S, N) of a fixed-dimension vector."""
+        values = self.values
+        if v.index in self.front:
+            return self.front[v.index]
+        if v.index in values:
+            return values[v.index]
+        if isinstance(v, MatMul):  # rows iid N(0, σ² CᵀGC/n) (limit: σ² CᵀC), drawn for all uses at once
+            _draw_uses(self.plan, v.matrix, self.row_factor(v.matrix),
+                       stream(self.root, self.block, 5, v.matrix.index), v.dim, values)
+            return values[v.index]
+        out = derived_value(v, self._value, self.width, values)
+        values[v.index] = out
+        return out
+
+    def _value(self, node):
+        return self.scalar(node) if isinstance(node, Scalar) else self.small(node)
+
+    def scalar(self, s: Scalar) -> np.ndarray:
+        values = self.values
+        if s.index in self.front:
+            return self.front[s.index]
+        if s.index in values:
+            return values[s.index]
+        if isinstance(s, (Dot, Moment)) and s.args[0].dim != WIDTH:  # over a fixed dimension: its explicit rows
+            value = derived_value(s, self.small, self.width, values)
+        elif isinstance(s, Dot):
+            value = self.dot(s)
+        elif isinstance(s, SoftmaxEntry):  # the entries of one softmax at once
+            key = ("softmax", id(s.group))
+            if key not in values:
+                scores = s.group.scores
+                stacked = np.empty((len(scores), self.S))
+                for i, p in enumerate(scores):
+                    stacked[i] = self.scalar(p)
+                values[key] = softmax_columns(stacked)
+            value = values[key][s.position]
+        else:
+            value = scalar_function_value(s, self.scalar, values)
+        values[s.index] = value
+        return value

@@ -14,6 +14,7 @@ from ...ir.semantics import derived_value
 from ...random import stream
 
 STREAMED_CODES = (CODE_IDENTITY, CODE_RELU, CODE_CLIP)  # what compiled.front.front_layer_grams applies
+EXPLICIT_ROWS = 1 << 27  # floats of the explicit rows FrontLayer._from_gram may draw for one network (1 GiB)
 
 
 def _phi_code(phi):
@@ -73,9 +74,11 @@ class FrontLayer:
     def streams(self, width: int) -> bool:
         """Whether a network's n rows are streamed, or (no relu, and clip bounds the columns rarely reach:
         ‖u‖₂² = n E[u²] (1 ± O(2/sqrt(n))) stays 4 standard deviations below c²) drawn from their Gram, with
-        explicit rows only for the networks where a clip could act. A function of the width only."""
+        explicit rows only for the networks where a clip could act. A function of the width only. Widths whose
+        explicit rows would exceed EXPLICIT_ROWS stream too: memory stays bounded however rare such a network is."""
         clipped = self.col_phi == CODE_CLIP
         return bool(np.any(self.col_phi == CODE_RELU) or not np.any(clipped) or width - 1 < self.draws
+                    or (width - 1) * self.draws > EXPLICIT_ROWS
                     or np.any(width * self.col_var[clipped] * (1 + 8 / np.sqrt(width)) > self.col_bound[clipped] ** 2))
 
     def sample(self, root, block: int, width: int, S: int):
@@ -155,31 +158,42 @@ def _draw_uses(plan, matrix: Matrix, L: np.ndarray, rng, rows: int, values: dict
 
 def _front_values(plan, width: int, root, block: int, S: int) -> dict:
     """The explicit front of `S` networks: vectors (S, n), scalars (S,)."""
-    values: dict = {}
+    front = _Front(plan, width, root, block, S)
+    for node in plan.needed:
+        if node.index in plan.front:
+            front.value(node)
+    return front.values
 
-    def value(node: Node):
+
+class _Front:
+    """The explicit front's values, each node computed once (recursively, from its parents).
+
+    An object rather than a recursive closure: a closure that calls itself holds its own cell, a reference cycle
+    that would keep the block's (S, n) front vectors alive until the cycle collector runs."""
+
+    def __init__(self, plan, width: int, root, block: int, S: int):
+        self.plan, self.width, self.root, self.block, self.S = plan, width, root, block, S
+        self.values: dict = {}
+
+    def value(self, node: Node):
+        plan, values, S = self.plan, self.values, self.S
         if node.index in values:
             return values[node.index]
         if isinstance(node, Input):
             factor = plan.factors[id(node.group)]
             members = [n for n in plan.needed if isinstance(n, Input) and n.group is node.group]
-            z = standard_normals(stream(root, block, 3, members[0].index), np.empty((S, width, factor.shape[1])))
+            z = standard_normals(stream(self.root, self.block, 3, members[0].index),
+                                 np.empty((S, self.width, factor.shape[1])))
             drawn = z @ factor.T
             for m in members:
                 values[m.index] = drawn[:, :, m.position]
             return values[node.index]
         if isinstance(node, MatMul):  # W V = Z Lᵀ, L Lᵀ = σ² VᵀV/n_in: O(n k²), no n×n matrix
-            V = np.stack([value(a) for a in plan.args[node.matrix.index]], axis=2)
+            V = np.stack([self.value(a) for a in plan.args[node.matrix.index]], axis=2)
             _draw_uses(plan, node.matrix, _explicit_row_factor(node.matrix, V),
-                       stream(root, block, 4, node.matrix.index), width if node.dim == WIDTH else node.dim, values)
+                       stream(self.root, self.block, 4, node.matrix.index),
+                       self.width if node.dim == WIDTH else node.dim, values)
             return values[node.index]
-        out = derived_value(node, value, width, values)
+        out = derived_value(node, self.value, self.width, values)
         values[node.index] = out
         return out
-
-    for node in plan.needed:
-        if node.index in plan.front:
-            value(node)
-    return values
-
-

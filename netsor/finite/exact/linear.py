@@ -84,6 +84,9 @@ class LinearProgram:
                                        dtype=np.int64).reshape(-1, _ops.OP_FIELDS) for moments in (False, True)}
         self.int_pool = np.array(self.ints + [0], dtype=np.int64)
         self.float_pool = np.array(self.floats + [0.0])
+        self.free = len(plan.free_columns)
+        # the plan caches this program (_linear_program): a reference back to it would be a reference cycle
+        del self.plan
 
     # ---- assembling
     def alloc(self, n: int) -> int:
@@ -195,7 +198,7 @@ class LinearProgram:
         """out (S, k), and the targets' weights on the free columns (S, k, F) with their products with those
         columns' row 0 (S, k) (F = 0 unless moments)."""
         gens = tuple(stream(root, block, *key) for key in self.keys)
-        F = len(self.plan.free_columns) if moments else 0
+        F = self.free if moments else 0
         return run_linear(gens, self.code[moments], self.int_pool, self.float_pool, max(self.size, 1), S,
                           len(self.targets), F)
 

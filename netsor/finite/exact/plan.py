@@ -266,6 +266,12 @@ class ExactPlan:
         if isinstance(node, Input) and node.dim != WIDTH:
             _refuse(node, "inputs of a fixed dimension are not reduced")
 
+    def network_floats(self, width: int) -> int:
+        """A bound on the floats one network holds: its explicit front vectors (a streamed layer holds O(1))."""
+        if self.layer is not None:
+            return 0
+        return width * sum(1 for n in self.needed if n.index in self.front and isinstance(n, Vector))
+
     def block_size(self, width: int) -> int:
         """Networks per random stream: a function of the program and width only."""
         vectors = sum(1 for n in self.needed if n.index in self.front and isinstance(n, Vector))

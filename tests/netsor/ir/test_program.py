@@ -153,3 +153,62 @@ def test_user_nonlinearity_from_sympy():
     y = netsor.nonlin(softplus, prog.input("x"))
     np.testing.assert_allclose(y.phi(np.array([0.0, 1.0])), np.log1p(np.exp([0.0, 1.0])))
     assert str(softplus.expr(u)) == "log(exp(u) + 1)"
+
+
+def test_infinite_head_sum_is_checked_where_it_is_built():
+    """y = lim H^{-1/2} Σ_h v^h is Gaussian only when heads are uncorrelated (v a combination of MatMuls by per-head
+    matrices) and share no random scalar; otherwise a clean refusal naming the node."""
+    prog = netsor.Program()
+    x1, x2 = prog.inputs(["x1", "x2"])
+    WQ, WK, WV, WS = (prog.matrix(n) for n in ("WQ", "WK", "WV", "WS"))
+    p = netsor.dot(WQ @ x1, WK @ x2, name="p")
+    v = netsor.lincomb([p], [WV @ x1], name="v")
+    with pytest.raises(netsor.ProgramError, match=r"not a combination of MatMuls by per-head matrices \(t :="):
+        netsor.infinite_head_sum([netsor.nonlin("tanh", v, name="t")], [WQ, WK, WV])
+    with pytest.raises(netsor.ProgramError, match="share the random p"):
+        netsor.infinite_head_sum([v], [WV])  # p depends on no per-head matrix
+    with pytest.raises(netsor.ProgramError, match="names must be a sequence of 1"):
+        netsor.infinite_head_sum([v], [WQ, WK, WV], names="y")
+    (y,) = netsor.infinite_head_sum([v], [WQ, WK, WV], names=["y"])
+    with pytest.raises(netsor.ProgramError, match="overlap those of the head sum y"):
+        netsor.infinite_head_sum([WV @ x2], [WV])
+    with pytest.raises(netsor.ProgramError, match="nested head sums"):
+        netsor.infinite_head_sum([WS @ y], [WS])
+    other = netsor.Program()
+    u = other.input("u")
+    W = other.matrix("W")
+    (s,) = netsor.infinite_head_sum([W @ u], [W])
+    netsor.nonlin("relu", s, name="after")
+    with pytest.raises(netsor.ProgramError, match="after := relu.*uses the infinite head sum"):
+        netsor.limit(other)
+
+
+def test_infinite_head_sum_law_is_the_clt_limit_of_one_head():
+    """Σ_h over heads of p·W_V x / sqrt(H): N(0, E[p²] E[(W_V x)²]) = N(0, 1), independent of the head's own p."""
+    prog = netsor.Program()
+    x1, x2 = prog.inputs(["x1", "x2"])
+    WQ, WK, WV = (prog.matrix(n) for n in ("WQ", "WK", "WV"))
+    p = netsor.dot(WQ @ x1, WK @ x2, name="p")
+    v = netsor.lincomb([p], [WV @ x1], name="v")
+    (y,) = netsor.infinite_head_sum([v], [WQ, WK, WV], names=["y"])
+    law = netsor.limit(prog)
+    draws = law.sample([y, p, v], 400_000, seed=1)
+    se = 1 / np.sqrt(len(draws))
+    assert abs(draws[:, 0].var() - 1) < 5 * np.sqrt(2) * se
+    assert abs(np.mean(draws[:, 0] ** 4) - 3) < 5 * np.sqrt(96) * se  # Gaussian fourth moment, E[v⁴] = 9 instead
+    assert abs(np.mean(draws[:, 0] * draws[:, 2])) < 5 * 3 * se  # independent of the head's own v
+    assert abs(np.mean(draws[:, 2] ** 4) - 3) > 5  # power: one head's v (product normal, E[v⁴] = 9) is not Gaussian
+    cov, err = law.cov([y, p], error=True, size=50_000, seed=2)
+    np.testing.assert_allclose(cov, np.eye(2), atol=5 * err.max() + 1e-12)
+    assert netsor.fingerprint(prog) != netsor.fingerprint(_same_with_fewer_per_head())
+    assert "Infinite head sums" in law.describe([y])
+
+
+def _same_with_fewer_per_head():
+    prog = netsor.Program()
+    x1, x2 = prog.inputs(["x1", "x2"])
+    WQ, WK, WV = (prog.matrix(n) for n in ("WQ", "WK", "WV"))
+    p = netsor.dot(WQ @ x1, WK @ x2, name="p")
+    v = netsor.lincomb([p], [WV @ x1], name="v")
+    netsor.infinite_head_sum([v], [WK, WV], names=["y"])
+    return prog

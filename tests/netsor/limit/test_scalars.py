@@ -248,3 +248,20 @@ def test_describe_is_right_for_ragged_scores_and_later_levels():
     later = netsor.limit(prog).describe([u])
     (line,) = [row for row in later.splitlines() if row.strip().startswith("s:")]
     assert "s = s" not in later and "level 2" in line and "Isserlis" in line
+
+
+def test_describe_evaluates_what_is_deterministic_and_defines_its_symbols():
+    prog = netsor.Program()
+    x, z = prog.inputs(["x", "z"])
+    WQ, WK, WV, W2 = (prog.matrix(n) for n in ("WQ", "WK", "WV", "W2"))
+    p = netsor.dot(WQ @ x, WK @ z, name="p")
+    t = netsor.nonlin("tanh", netsor.lincomb([p], [WV @ x]), name="t")
+    y = netsor.matmul(W2, t, name="y")
+    c = netsor.matmul(W2, netsor.nonlin("tanh", x, name="tx"), name="c")  # E[c c] = E[tanh(x)²], a number
+    text = netsor.limit(prog).describe([y, c])
+    reference = integrate.quad(lambda g: np.tanh(g) ** 2 * stats.norm.pdf(g), -12, 12)[0]
+    value = float(text.split("K[c,c] = ")[1].split()[0])
+    assert value == pytest.approx(reference, rel=1e-5)
+    assert "K[y,c] = E[t·tx]" in text and "where E[a·b] = E[Z^a Z^b | the random scalars]" in text
+    with pytest.raises(netsor.ProgramError, match="latex must be True or False"):
+        netsor.limit(prog).describe([y], latex="no")
