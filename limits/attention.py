@@ -17,7 +17,7 @@ import numpy as np
 import netsor
 from netsor import ProgramError
 
-from .blocks import INPUTS, _count, _tokens, attention_block
+from .blocks import INPUTS, _count, _flag, _tokens, attention_block, check_block_size
 
 __all__ = ["AttentionLayer", "attention_layer", "INPUTS", "SCALINGS"]
 
@@ -47,11 +47,15 @@ class AttentionLayer:
     def infinite_heads(self) -> bool:
         return math.isinf(self.heads)
 
-    def law(self, **options):
-        """The infinite-width law: a netsor Law, or for heads = inf the Gaussian infinite-head limit."""
+    def law(self, size: int | None = None, seed=None):
+        """The infinite-width law: a netsor Law, or for heads = inf the Gaussian infinite-head limit as a
+        GaussianLaw, its covariance E[o oᵀ] over one head estimated from `size` draws (default 400 000; seed 0)."""
         law = netsor.limit(self.program)
         if self.infinite_heads:
-            return law.gaussian(self.outputs, **options)
+            return law.gaussian(self.outputs, size=400_000 if size is None else size, seed=0 if seed is None else seed)
+        if size is not None or seed is not None:
+            raise ProgramError("law: size and seed apply to heads = inf only (the finite-head Law is exact; its "
+                               "methods take their own size and seed)")
         return law
 
     def input_cov(self) -> np.ndarray:
@@ -77,6 +81,8 @@ def attention_layer(seq_len: int = 4, heads=2, head_dim: int | None = None, scal
     heads = _count(heads, "heads", allow_inf=True)
     if head_dim is not None:
         head_dim = _count(head_dim, "head_dim")
+    out_proj, tied_qk = _flag(out_proj, "out_proj", "attention_layer"), _flag(tied_qk, "tied_qk", "attention_layer")
+    check_block_size(1 if math.isinf(heads) else heads, seq_len, "attention_layer")
     if scaling not in SCALINGS:
         raise ProgramError(f"attention_layer: scaling must be 'sqrt' or 'linear', got {scaling!r}")
     prog = netsor.Program(name)

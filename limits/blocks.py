@@ -37,6 +37,8 @@ def _count(value, name: str, allow_inf: bool = False, where: str = "attention_la
 def _tokens(prog: netsor.Program, seq_len: int, inputs, clip: float, where: str = "attention_layer"):
     """The s token vectors x1..xs: gaussian (iid N(0, 1) coordinates), through a clip / relu layer from one input h,
     or with a given s×s covariance."""
+    if isinstance(clip, bool) or not isinstance(clip, numbers.Real) or not 0 < clip < math.inf:
+        raise ProgramError(f"{where}: clip must be a finite positive number, got {clip!r}")  # even where unused
     if isinstance(inputs, str):
         if inputs not in INPUTS:
             raise ProgramError(f"{where}: inputs must be one of {', '.join(INPUTS)} or an s×s SPD "
@@ -50,6 +52,21 @@ def _tokens(prog: netsor.Program, seq_len: int, inputs, clip: float, where: str 
     if np.linalg.eigvalsh(cov).min() <= 0:
         raise ProgramError(f"{where}: the input covariance must be positive definite")
     return prog.inputs([f"x{i}" for i in range(1, seq_len + 1)], cov=cov)
+
+
+def check_block_size(heads: int, seq_len: int, where: str) -> None:
+    """Refuse, before building anything, a block whose program would be too large to build."""
+    nodes = heads * (2 * seq_len * seq_len + 6 * seq_len)  # scores and softmax entries, q, k, v, m, o per head
+    if nodes > MAX_BLOCK_NODES:
+        hint = "; for the many-head limit use heads=math.inf" if heads > 16 else ""
+        raise ProgramError(f"{where}: heads = {heads} over seq_len = {seq_len} tokens would build {nodes:.3g} "
+                           f"program nodes (at most {MAX_BLOCK_NODES:.0e}){hint}")
+
+
+def _flag(value, name: str, where: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise ProgramError(f"{where}: {name} must be True or False, got {value!r}")
+    return bool(value)
 
 
 @dataclass(frozen=True)
@@ -90,6 +107,8 @@ def attention_block(prog: netsor.Program, tokens, heads: int, head_dim: int | No
     heads = _count(heads, "heads", where=where)
     if head_dim is not None:
         head_dim = _count(head_dim, "head_dim", where=where)
+    out_proj, tied_qk, wo_first = (_flag(v, n, where) for v, n in ((out_proj, "out_proj"), (tied_qk, "tied_qk"),
+                                                                   (wo_first, "wo_first")))
     if not out_proj and head_dim is not None:
         raise ProgramError(f"{where}: without the output projection the head dimension must be n")
     if not isinstance(tag, str) or any(c.isspace() or c in "^_," for c in tag):
@@ -97,15 +116,14 @@ def attention_block(prog: netsor.Program, tokens, heads: int, head_dim: int | No
         raise ProgramError(f"{where}: tag must be a string without whitespace, '^', '_' or ',', got {tag!r}")
     dim = "n" if head_dim is None else head_dim
     s = len(tokens)
-    nodes = heads * (2 * s * s + 6 * s)  # scores and softmax entries, q, k, v, m, o per head
-    if nodes > MAX_BLOCK_NODES:
-        raise ProgramError(f"{where}: heads = {heads} over {s} tokens would build {nodes:.3g} program nodes (at most "
-                           f"{MAX_BLOCK_NODES:.0e})" + ("; for the many-head limit use heads=math.inf"
-                                                          if heads * 2 * s * s > nodes // 2 and heads > 16 else ""))
+    check_block_size(heads, s, where)
     parts = {field: [] for field in AttentionBlock.__dataclass_fields__}
     for h in range(1, heads + 1):
         t = head_tag(tag, h, heads)
-        WQ = prog.matrix(f"WQ{t}", shape=(dim, "n"))
+        try:
+            WQ = prog.matrix(f"WQ{t}", shape=(dim, "n"))
+        except ProgramError as exc:  # the program's own rule for dimensions, reported against head_dim
+            raise ProgramError(f"{where}: head_dim = {head_dim!r}: {exc}") from None
         WK = WQ if tied_qk else prog.matrix(f"WK{t}", shape=(dim, "n"))
         WV = prog.matrix(f"WV{t}", shape=(dim, "n"))
         WO = prog.matrix(f"WO{t}", shape=("n", dim)) if out_proj and wo_first else None

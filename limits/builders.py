@@ -2,6 +2,7 @@
 infinite-width law and its finite-width simulation."""
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass, field
 
@@ -9,6 +10,10 @@ import numpy as np
 
 import netsor
 from netsor import ProgramError
+
+
+MAX_DEPTH = 10_000  # layers of a program built node by node
+MAX_POINTS = 10_000  # data points (inputs) of one program
 
 
 @dataclass(frozen=True)
@@ -36,15 +41,27 @@ def mlp(depth: int = 2, nonlinearity="relu", inputs=1, weight_var: float = 2.0, 
     h^{ℓ+1} = W^{ℓ+1} φ(h^ℓ) with entries N(0, weight_var/n); `depth` counts hidden layers, and `readout` adds
     f = W^{out} φ(h^depth) (an n-vector whose coordinate 0 is the network output).
     """
-    if isinstance(depth, bool) or not isinstance(depth, numbers.Integral) or depth < 1:
-        raise ProgramError(f"mlp: depth must be a positive integer, got {depth!r}")
+    if isinstance(depth, bool) or not isinstance(depth, numbers.Integral) or not 1 <= depth <= MAX_DEPTH:
+        raise ProgramError(f"mlp: depth must be an integer from 1 to {MAX_DEPTH}, got {depth!r}")
+    if isinstance(weight_var, bool) or not isinstance(weight_var, numbers.Real) or not 0 <= weight_var < math.inf:
+        raise ProgramError(f"mlp: weight_var must be a finite non-negative number, got {weight_var!r}")
+    if not isinstance(readout, (bool, np.bool_)):
+        raise ProgramError(f"mlp: readout must be True or False, got {readout!r}")
     prog = netsor.Program(name)
     if isinstance(inputs, numbers.Integral) and not isinstance(inputs, bool):
-        xs = prog.inputs([f"h1_{a}" for a in range(1, inputs + 1)] if inputs >= 1 else inputs)
+        if not 1 <= inputs <= MAX_POINTS:
+            raise ProgramError(f"mlp: inputs (a number of data points) must be from 1 to {MAX_POINTS}, got {inputs}")
+        xs = prog.inputs([f"h1_{a}" for a in range(1, inputs + 1)])
     else:
-        cov = np.asarray(inputs, dtype=float)
-        k = cov.shape[0] if cov.ndim == 2 else 0
-        xs = prog.inputs([f"h1_{a}" for a in range(1, k + 1)] or 0, cov=cov)
+        try:
+            cov = np.asarray(inputs, dtype=float)
+        except (TypeError, ValueError):
+            raise ProgramError(f"mlp: inputs must be a number of data points or their k×k kernel, got "
+                               f"{inputs!r}") from None
+        if cov.ndim != 2 or cov.shape[0] != cov.shape[1] or not 1 <= cov.shape[0] <= MAX_POINTS:
+            raise ProgramError(f"mlp: inputs must be a number of data points or their k×k kernel, got shape "
+                               f"{cov.shape}")
+        xs = prog.inputs([f"h1_{a}" for a in range(1, cov.shape[0] + 1)], cov=cov)
     layers = [xs]
     h = xs
     for layer in range(2, depth + 1 + int(readout)):

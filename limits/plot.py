@@ -3,25 +3,40 @@ limit's; score distributions. Each function draws on `ax` (or a new figure) and,
 """
 from __future__ import annotations
 
+import numbers
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 import netsor
 from netsor import ProgramError
+from netsor.random import check_size
 
-from .sweep import RateFit, _target, fit_rate, summarize
+from .attention import AttentionLayer
+from .sweep import RateFit, _positive_ints, _target, fit_rate, summarize
 
 
 def save(fig, path) -> list[Path]:
     """Write `fig` as path.png and path.pdf (any suffix of `path` is replaced); returns the two paths."""
+    if not isinstance(path, (str, Path)) or not str(path):
+        raise ProgramError(f"path must be a file path, got {path!r}")
     base = Path(path)
     base = base.with_suffix("") if base.suffix.lower() in (".png", ".pdf") else base
-    base.parent.mkdir(parents=True, exist_ok=True)
     written = [base.with_name(base.name + ".png"), base.with_name(base.name + ".pdf")]
-    fig.savefig(written[0], dpi=150, bbox_inches="tight")
-    fig.savefig(written[1], bbox_inches="tight")
+    try:
+        base.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(written[0], dpi=150, bbox_inches="tight")
+        fig.savefig(written[1], bbox_inches="tight")
+    except OSError as exc:
+        raise ProgramError(f"path {str(path)!r}: cannot write the figure ({exc.strerror or exc})") from None
     return written
+
+
+def _bins(bins) -> int:
+    if isinstance(bins, bool) or not isinstance(bins, numbers.Integral) or bins < 2:
+        raise ProgramError(f"bins must be an integer of at least 2, got {bins!r}")
+    return int(bins)
 
 
 def _axes(ax):
@@ -34,9 +49,13 @@ def _axes(ax):
 def kl_vs_width(df, fit: RateFit | bool | None = True, against: str = "width", ax=None, path=None, label=None):
     """Log–log KL (mean over seeds, error bar 1 SE) against `against`; points under 3 SE drawn as upper bounds
     (open triangles at mean + 2 SE); `fit` True fits `fit_rate` (skipped if too few points), or pass a RateFit."""
-    fig, ax = _axes(ax)
+    if not isinstance(df, pd.DataFrame):
+        raise ProgramError(f"plot.kl_vs_width: df must be the DataFrame of a sweep, got {type(df).__name__}")
     if df.empty:
         raise ProgramError("plot.kl_vs_width: the table is empty")
+    if not (fit is None or isinstance(fit, (bool, RateFit))):
+        raise ProgramError(f"plot.kl_vs_width: fit must be True, False, None or a RateFit, got {fit!r}")
+    fig, ax = _axes(ax)
     estimator = ", ".join(sorted(set(df["estimator"]))) if "estimator" in df else ""
     label = label or estimator or "KL"
     if fit is True:
@@ -74,6 +93,7 @@ def densities(layer_or_program, widths=(16, 64, 256, 1024), variables=None, size
     program, variables = _target(layer_or_program, variables, "plot.densities")
     if len(variables) != 1:
         raise ProgramError("plot.densities: pass one variable")
+    widths, size, bins = _positive_ints(widths, "widths"), check_size(size), _bins(bins)
     fig, ax = _axes(ax)
     law = netsor.limit(program)
     draws = {w: netsor.simulate(program, w, variables, size, np.random.SeedSequence(seed, spawn_key=(1, w)))[:, 0]
@@ -96,6 +116,12 @@ def densities(layer_or_program, widths=(16, 64, 256, 1024), variables=None, size
 def scores(layers: dict, widths=(16, 256), size: int = 50_000, seed=0, ax=None, path=None, bins: int = 100):
     """Distribution of the first score p_11 for each labelled layer ({label: AttentionLayer}, e.g. 1/sqrt(n) and
     1/n scaling): finite widths as step histograms, the limit's law as a line (a point mass drawn as a bar)."""
+    if not isinstance(layers, dict) or not layers:
+        raise ProgramError(f"plot.scores: layers must be a non-empty dict {{label: AttentionLayer}}, got {layers!r}")
+    for label, layer in layers.items():
+        if not isinstance(layer, AttentionLayer) or layer.infinite_heads:
+            raise ProgramError(f"plot.scores: layers[{label!r}] must be a finite-head AttentionLayer, got {layer!r}")
+    widths, size, bins = _positive_ints(widths, "widths"), check_size(size), _bins(bins)
     fig, ax = _axes(ax)
     for i, (label, layer) in enumerate(layers.items()):
         score = layer.scores[0][0][0]

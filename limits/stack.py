@@ -28,7 +28,7 @@ import numpy as np
 import netsor
 from netsor import ProgramError
 
-from .blocks import _count, _tokens, attention_block
+from .blocks import _count, _tokens, attention_block, check_block_size
 
 WHERE = "transformer"
 
@@ -146,6 +146,7 @@ def transformer(depth: int = 2, seq_len: int = 4, heads: int = 2, head_dim: int 
     beta0 = _exponent(beta0, "beta0", 0.0)
     if mlp is not None and not isinstance(mlp, str):
         raise ProgramError(f"{WHERE}: mlp must be a nonlinearity name or None, got {mlp!r}")
+    check_block_size(heads * depth, seq_len, WHERE)
     prog = netsor.Program(name)
     tokens = xs = _tokens(prog, seq_len, inputs, clip, WHERE)
     c = beta0 * depth ** (-residual_exponent)

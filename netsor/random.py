@@ -3,6 +3,7 @@ on how work is chunked or how many threads run it."""
 from __future__ import annotations
 
 import numbers
+import os
 
 import numpy as np
 
@@ -28,7 +29,16 @@ def stream(root: np.random.SeedSequence, *key: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(child))
 
 
-RESULT_BYTES = 1 << 36  # 64 GiB: the largest result array a call may ask for
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):  # not every platform reports it
+        return 1 << 36
+
+
+# The largest result array a call may ask for: 64 GiB, or less on a machine with less memory (an allocation that
+# cannot succeed is refused up front instead of failing in numpy).
+RESULT_BYTES = min(1 << 36, _physical_memory())
 
 
 def check_size(size, where: str = "size", floats_per_item: int = 1) -> int:
@@ -39,5 +49,6 @@ def check_size(size, where: str = "size", floats_per_item: int = 1) -> int:
     size = int(size)
     if size * max(1, floats_per_item) * 8 > RESULT_BYTES:
         raise ProgramError(f"{where} = {size} asks for {size * max(1, floats_per_item) * 8 / 2**30:.3g} GiB of "
-                           f"results (at most {RESULT_BYTES / 2**30:g} GiB): draw it in parts with other seeds")
+                           f"results (at most {RESULT_BYTES / 2**30:.3g} GiB, this machine's memory or 64 GiB): "
+                           f"draw it in parts with other seeds")
     return size

@@ -42,7 +42,7 @@ def check_width(width, where: str = "simulate") -> int:
     return int(width)
 
 
-NETWORK_BYTES = RESULT_BYTES  # the most one network may hold while it is drawn (64 GiB), like the result bound
+NETWORK_BYTES = RESULT_BYTES  # the most one network may hold while it is drawn, like the result bound
 
 
 def check_network_memory(where: str, width: int, floats: int, method: str) -> None:
@@ -50,7 +50,7 @@ def check_network_memory(where: str, width: int, floats: int, method: str) -> No
     shrink to one network at large widths, so this, not the block size, bounds the memory)."""
     if floats * 8 > NETWORK_BYTES:
         raise ProgramError(f"{where}: width = {width} needs {floats * 8 / 2**30:.3g} GiB per network with "
-                           f"method={method!r} (at most {NETWORK_BYTES / 2**30:g} GiB); use a smaller width")
+                           f"method={method!r} (at most {NETWORK_BYTES / 2**30:.3g} GiB); use a smaller width")
 
 
 def with_moments(targets) -> int:

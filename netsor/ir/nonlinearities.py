@@ -284,6 +284,13 @@ def leaky_relu(a: float) -> LeakyRelu:
 def from_sympy(expression: sympy.Expr, symbols, name: str | None = None) -> Nonlinearity:
     """A nonlinearity given only as a sympy expression in `symbols`; its numpy function is lambdified."""
     symbols = tuple(symbols) if isinstance(symbols, (list, tuple)) else (symbols,)
+    if not isinstance(expression, sympy.Basic) or not all(isinstance(s, sympy.Symbol) for s in symbols):
+        raise ProgramError(f"from_sympy: expected a sympy expression and its sympy Symbols, got {expression!r} "
+                           f"in {symbols!r}")
+    free = expression.free_symbols - set(symbols)
+    if free:
+        raise ProgramError(f"from_sympy: {expression} has symbols {', '.join(sorted(map(str, free)))} that are not "
+                           f"among its arguments {', '.join(map(str, symbols))}")
     fn = sympy.lambdify(symbols, expression, modules=["numpy", "scipy"])
     return Nonlinearity(name or str(expression), fn, len(symbols),
                         lambda *u: expression.subs(dict(zip(symbols, u)), simultaneous=True))

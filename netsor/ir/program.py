@@ -29,14 +29,15 @@ from ..errors import ProgramError
 from .nonlinearities import Nonlinearity, as_nonlinearity
 
 WIDTH = "n"  # the dimension that grows
-
+MAX_FIXED_DIM = 10 ** 6  # a fixed dimension's N rows are drawn per sample: a block of 2^15 samples holds 2^15 N
 
 def _check_dim(dim, where: str):
     if dim == WIDTH:
         return WIDTH
-    if isinstance(dim, numbers.Integral) and not isinstance(dim, bool) and dim >= 1:
+    if isinstance(dim, numbers.Integral) and not isinstance(dim, bool) and 1 <= dim <= MAX_FIXED_DIM:
         return int(dim)
-    raise ProgramError(f"{where}: a dimension is 'n' (the width) or a positive integer, got {dim!r}")
+    raise ProgramError(f"{where}: a dimension is 'n' (the width) or a positive integer up to {MAX_FIXED_DIM:.0e} "
+                       f"(its rows are sampled one by one), got {dim!r}")
 
 
 def _check_finite(value, where: str) -> float:
@@ -335,7 +336,10 @@ class Program:
 
     def inputs(self, names_or_count, cov=None, dim="n") -> tuple[Vector, ...]:
         """Inputs whose coordinates are iid across α and jointly N(0, cov) across the declared inputs."""
-        if isinstance(names_or_count, numbers.Integral) and not isinstance(names_or_count, bool):
+        if isinstance(names_or_count, bool) or names_or_count is None or isinstance(names_or_count, numbers.Real) \
+                and not isinstance(names_or_count, numbers.Integral):
+            raise ProgramError(f"inputs: give a count (a positive integer) or names, got {names_or_count!r}")
+        if isinstance(names_or_count, numbers.Integral):
             if names_or_count < 1:
                 raise ProgramError(f"inputs: the count must be at least 1, got {names_or_count}")
             start = sum(len(members) for _, members in self._groups)
@@ -393,6 +397,11 @@ class Program:
         """Nodes from names or nodes, checked to belong to this program."""
         if isinstance(variables, (str, Node)):
             variables = [variables]
+        try:
+            variables = list(variables)
+        except TypeError:
+            raise ProgramError(f"{where}: expected variables of {self.name} (nodes or names, or a list of them), "
+                               f"got {variables!r}") from None
         out = []
         for v in variables:
             if isinstance(v, str):

@@ -15,17 +15,30 @@ class GaussianLaw:
     """N(mean, cov) over `variables`; `cov_se` is the Monte Carlo standard error of cov where it was estimated."""
 
     def __init__(self, variables, mean, cov, cov_se=None, description: str = ""):
-        self.variables = tuple(variables)
-        self.mean = np.asarray(mean, dtype=float)
-        self.cov = np.asarray(cov, dtype=float)
-        self.cov_se = None if cov_se is None else np.asarray(cov_se, dtype=float)
+        self.variables = (variables,) if isinstance(variables, Node) else tuple(variables)
+        if not self.variables or not all(isinstance(v, Node) for v in self.variables):
+            raise ProgramError(f"GaussianLaw: variables must be nodes of a program, got {variables!r}")
+        if len({id(v) for v in self.variables}) != len(self.variables):
+            raise ProgramError(f"GaussianLaw: variables repeat ({', '.join(v.name for v in self.variables)})")
+        try:
+            self.mean = np.asarray(mean, dtype=float)
+            self.cov = np.asarray(cov, dtype=float)
+            self.cov_se = None if cov_se is None else np.asarray(cov_se, dtype=float)
+        except (TypeError, ValueError):
+            raise ProgramError("GaussianLaw: mean, cov and cov_se must be arrays of numbers") from None
         self.description = description
         k = len(self.variables)
         if self.mean.shape != (k,) or self.cov.shape != (k, k):
             raise ProgramError(f"GaussianLaw: mean must be ({k},) and cov ({k}, {k})")
-        if not (np.all(np.isfinite(self.mean)) and np.all(np.isfinite(self.cov))):
-            raise ProgramError("GaussianLaw: mean and cov must be finite")
-        stats.multivariate_normal(self.mean, self.cov, allow_singular=True)  # refuses a cov that is not PSD
+        if self.cov_se is not None and (self.cov_se.shape != (k, k) or np.any(self.cov_se < 0)):
+            raise ProgramError(f"GaussianLaw: cov_se must be a non-negative ({k}, {k}) array")
+        arrays = [self.mean, self.cov] + ([] if self.cov_se is None else [self.cov_se])
+        if not all(np.all(np.isfinite(a)) for a in arrays):
+            raise ProgramError("GaussianLaw: mean, cov and cov_se must be finite")
+        try:
+            stats.multivariate_normal(self.mean, self.cov, allow_singular=True)
+        except ValueError:
+            raise ProgramError("GaussianLaw: cov must be a symmetric positive semi-definite matrix") from None
 
     def __repr__(self) -> str:
         return f"<GaussianLaw over {', '.join(v.name for v in self.variables)}>"
@@ -67,8 +80,16 @@ class GaussianLaw:
     def logpdf(self, y, variables=None) -> np.ndarray:
         """log N(y; μ, C) over `variables` (None: all), points y (..., k)."""
         index = self._positions(variables, "logpdf")
+        try:
+            y = np.asarray(y, dtype=float)
+        except (TypeError, ValueError):
+            raise ProgramError(f"logpdf: points must be an array of numbers, got {y!r}") from None
+        if len(index) > 1 and y.shape[-1:] != (len(index),):
+            raise ProgramError(f"logpdf: points must have last dimension {len(index)}, got shape {y.shape}")
+        if not np.all(np.isfinite(y)):
+            raise ProgramError("logpdf: points must be finite")
         frozen = stats.multivariate_normal(self.mean[index], self.cov[np.ix_(index, index)], allow_singular=True)
-        return np.asarray(frozen.logpdf(np.asarray(y, dtype=float)))
+        return np.asarray(frozen.logpdf(y))
 
     def pdf(self, y, variables=None) -> np.ndarray:
         return np.exp(self.logpdf(y, variables))

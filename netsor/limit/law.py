@@ -124,7 +124,22 @@ class Law:
         return mean, second
 
     def _moments(self, variables, pick, error, size, seed):
+        """Validate, compute, and refuse a result that is not finite (a user function returned NaN or inf)."""
+        if not isinstance(error, (bool, np.bool_)):
+            raise ProgramError(f"error must be True or False, got {error!r}")
         nodes = self._resolve(variables)
+        size = check_size(size, "size", floats_per_item=len(nodes) * (len(nodes) + 1))  # what MC keeps per sample
+        if size < 2:
+            raise ProgramError(f"size = {size}: a Monte Carlo estimate and its SE need at least 2 draws")
+        seed_sequence(seed)  # checked even where the moments are exact
+        result = self._computed_moments(nodes, pick, bool(error), size, seed)
+        for part in (result if error else (result,)):
+            if not np.all(np.isfinite(part)):
+                raise ProgramError(f"{', '.join(n.name for n in nodes)}: the limit moments are not finite (a "
+                                   f"nonlinearity or scalar function returned NaN or inf)")
+        return result
+
+    def _computed_moments(self, nodes, pick, error, size, seed):
         if any(isinstance(n, HeadSum) for n in nodes):
             return self._moments_with_head_sums(nodes, pick, error, size, seed)
         if all(self._is_first_level_dot(n) or not self.structure.is_random(n) for n in nodes) and \
@@ -138,8 +153,6 @@ class Law:
             coarse = pick(*(a[0] for a in self._first_and_second(self._coarse, nodes)))
             return fine, 2 * np.abs(fine - coarse) + 1e-14 * np.abs(fine)
         # Monte Carlo over the random scalars of the conditional moments; SE from the influence function
-        size = check_size(size, "size", floats_per_item=len(nodes) * (len(nodes) + 1))  # what it keeps per sample
-
         def work(env, calc, rng):
             # the result is linear in each sample's conditional moments: integrals without a closed form may be
             # unbiased inner Monte Carlo estimates, whose noise the influence-function SE below includes
@@ -306,6 +319,7 @@ class Law:
                                      lambda env, calc, rng: self._draw_given_sources(nodes, env, calc, rng), threads):
             out[start:start + len(part)] = part
             start += len(part)
+        _check_finite_draws(out, nodes)
         return out
 
     rvs = sample  # scipy.stats spelling
@@ -394,7 +408,14 @@ class Law:
         for n in nodes:
             if not (isinstance(n, Vector) and n.dim == WIDTH):
                 raise ProgramError(f"logpdf: {n.name} is not a width-n vector")
-        y = np.asarray(y, dtype=float)
+        mixture_size = check_size(mixture_size, "mixture_size")
+        seed_sequence(seed)
+        try:
+            y = np.asarray(y, dtype=float)
+        except (TypeError, ValueError):
+            raise ProgramError(f"logpdf: points must be an array of numbers, got {y!r}") from None
+        if not np.all(np.isfinite(y)):
+            raise ProgramError("logpdf: points must be finite")
         k = len(nodes)
         if k == 1:  # one variable: any array of points
             shape, points = y.shape, y.reshape(-1, 1)
@@ -468,6 +489,13 @@ def independent_blocks(cov: np.ndarray) -> list[list[int]]:
 def _as_slice(index: list[int]):
     """A slice for a run of consecutive indices (a view, not a copy), else the list itself."""
     return slice(index[0], index[-1] + 1) if index == list(range(index[0], index[-1] + 1)) else index
+
+
+def _check_finite_draws(draws: np.ndarray, nodes) -> None:
+    bad = ~np.isfinite(draws).all(axis=0)
+    if bad.any():
+        node = nodes[int(np.argmax(bad))]
+        raise ProgramError(f"{node.name}: draws are not finite (a nonlinearity or scalar function returned NaN or inf)")
 
 
 def _head_groups(nodes) -> dict:

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import netsor
+import limits
 from limits import mlp
 
 
@@ -33,3 +34,21 @@ def test_mlp_without_readout_and_independent_inputs():
 def test_mlp_bad_arguments(kwargs, message):
     with pytest.raises(netsor.ProgramError, match=message):
         mlp(**kwargs)
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: limits.mlp(inputs="abc"), r"^mlp: inputs must be a number of data points"),
+    (lambda: limits.mlp(readout="no"), r"^mlp: readout must be True or False"),
+    (lambda: limits.mlp(weight_var="2"), r"^mlp: weight_var must be a finite non-negative number"),
+    (lambda: limits.attention_layer(seq_len=2 ** 40), r"^attention_layer: heads = 2 over seq_len = 1099511627776"),
+    (lambda: limits.attention_layer(heads=10 ** 9), r"would build .* nodes .*use heads=math.inf"),
+    (lambda: limits.attention_layer(out_proj="no"), r"^attention_layer: out_proj must be True or False"),
+    (lambda: limits.attention_layer(head_dim=2 ** 63), r"^attention_layer: head_dim = 9223372036854775808"),
+    (lambda: limits.transformer(clip=-1), r"^transformer: clip must be a finite positive number"),
+    (lambda: limits.attention_layer(heads=2).law(size=10), r"^law: size and seed apply to heads = inf only"),
+])
+def test_builders_refuse_bad_arguments_in_one_line(build, message):
+    """Each of these was accepted silently, hung, or failed deep inside numpy before."""
+    with pytest.raises(netsor.ProgramError, match=message) as info:
+        build()
+    assert "\n" not in str(info.value)

@@ -212,3 +212,21 @@ def _same_with_fewer_per_head():
     v = netsor.lincomb([p], [WV @ x1], name="v")
     netsor.infinite_head_sum([v], [WK, WV], names=["y"])
     return prog
+
+
+def test_builders_refuse_bad_arguments_in_one_line():
+    import sympy
+    a, b = sympy.symbols("a b")
+    prog = netsor.Program()
+    x = prog.input("x")
+    for call, message in [
+        (lambda: prog.inputs(1.5), r"^inputs: give a count \(a positive integer\) or names"),
+        (lambda: prog.inputs(None), r"^inputs: give a count"),
+        (lambda: prog.input("big", dim=2 ** 63), r"positive integer up to 1e\+06"),
+        (lambda: prog.matrix("M", shape=(2 ** 63, "n")), r"^matrix 'M': .*up to 1e\+06"),
+        (lambda: netsor.from_sympy(a * b, [a]), r"^from_sympy: a\*b has symbols b that are not among"),
+        (lambda: prog.resolve(7), r"^variables: expected variables of program"),
+    ]:
+        with pytest.raises(ProgramError, match=message):
+            call()
+    assert prog.resolve([x]) == [x]

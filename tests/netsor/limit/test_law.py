@@ -211,3 +211,38 @@ def test_per_sample_integrals_that_enter_nonlinearly_are_checked_or_refused():
                             * np.exp(-(g0 ** 2 + g1 ** 2) / 2) / (2 * np.pi))
         reference = integrate.dblquad(f, -9, 9, -9, 9, epsabs=1e-10)[0]
         assert value == pytest.approx(reference, rel=1e-3)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the user functions overflow on purpose
+def test_law_methods_refuse_what_they_cannot_answer():
+    """Bad options, a one-draw SE, non-finite user functions and non-numeric points: one-line ProgramErrors
+    where there were silent answers, NaN or numpy tracebacks."""
+    prog = netsor.Program()
+    x, z = prog.inputs(["x", "z"])
+    p = netsor.dot(x, z, name="p")
+    y = netsor.lincomb([p], [x], name="y")
+    blow_up = netsor.nonlin(lambda u: np.exp(1000 * u), x, name="blow_up")
+    nan_scalar = netsor.scalar_fn(lambda s: np.log(s - 10.0), p, name="nan_scalar")
+    law = netsor.limit(prog)
+    cases = [
+        (lambda: law.cov([y], error="yes"), r"^error must be True or False"),
+        (lambda: law.cov([y], error=True, size=1), r"^size = 1: a Monte Carlo estimate and its SE need at least 2"),
+        (lambda: law.kernel([x], size=0), r"^size must be a positive integer"),
+        (lambda: law.cov([blow_up]), r"^blow_up: the limit moments are not finite"),
+        (lambda: law.sample([p, nan_scalar], 100, seed=0), r"^nan_scalar: draws are not finite"),
+        (lambda: law.logpdf("a", [y]), r"^logpdf: points must be an array of numbers"),
+        (lambda: law.logpdf([np.nan], [y]), r"^logpdf: points must be finite"),
+        (lambda: law.logpdf([0.0], [x], mixture_size=0), r"^mixture_size must be a positive integer"),
+        (lambda: law.sample(None, 10), r"^sample: expected variables of program"),
+        (lambda: law.gaussian([y], size=0), r"^size must be a positive integer"),
+        (lambda: netsor.GaussianLaw(["y"], [0.0], [[1.0]]), r"^GaussianLaw: variables must be nodes"),
+        (lambda: netsor.GaussianLaw([y, y], [0, 0], np.eye(2)), r"^GaussianLaw: variables repeat"),
+        (lambda: netsor.GaussianLaw([y], [0.0], [[-1.0]]), r"^GaussianLaw: cov must be a symmetric positive semi"),
+        (lambda: netsor.GaussianLaw([y], [0.0], [[1.0]], cov_se=np.ones(3)), r"^GaussianLaw: cov_se must be"),
+        (lambda: netsor.GaussianLaw([x, y], [0, 0], np.eye(2)).logpdf(np.zeros(3)), r"last dimension 2"),
+    ]
+    for call, message in cases:
+        with pytest.raises(netsor.ProgramError, match=message) as info:
+            call()
+        assert "\n" not in str(info.value), message
+    assert np.isfinite(law.cov([y], error=True, size=2)[1]).all()  # two draws: an (honest, large) SE
