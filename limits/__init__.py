@@ -5,13 +5,32 @@ command line. The module `limits.stack` holds the transformer; `limits.transform
 SKI25, BCP24: the papers cited by short name in the docstrings (full references in the README, *References*,
 and in netsor's module docstring).
 """
-from . import divergence, plot, stack
-from .attention import AttentionLayer, attention_layer
-from .builders import Network, mlp
-from .divergence import KLEstimate, kl
-from .stack import Transformer, transformer
-from .sweep import RateFit, fit_rate, kernel_vs_heads, kl_vs_heads, kl_vs_width
+from importlib import import_module
+
+# Exports load on first use (PEP 562): `netsor-limits` imports this package before its Ctrl-C guard, so the
+# package itself stays light; numpy, numba and netsor load with the first name that needs them.
+_EXPORTS = {
+    "AttentionLayer": "attention", "attention_layer": "attention", "Network": "builders", "mlp": "builders",
+    "KLEstimate": "divergence", "kl": "divergence", "Transformer": "stack", "transformer": "stack",
+    "RateFit": "sweep", "fit_rate": "sweep", "kernel_vs_heads": "sweep", "kl_vs_heads": "sweep",
+    "kl_vs_width": "sweep",
+}
+_MODULES = ("divergence", "plot", "stack")
 
 __all__ = ["AttentionLayer", "attention_layer", "Network", "mlp", "divergence", "kl", "KLEstimate",
            "kl_vs_width", "kl_vs_heads", "kernel_vs_heads", "fit_rate", "RateFit", "plot",
            "Transformer", "transformer", "stack"]
+
+
+def __getattr__(name: str):
+    if name in _MODULES:
+        return import_module(f".{name}", __name__)
+    if name in _EXPORTS:
+        value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value  # later lookups skip this hook
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

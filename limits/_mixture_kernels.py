@@ -1,15 +1,31 @@
-"""Compiled kernel for the joint (k ≥ 2) mixture estimator: log f(y) and log E_m[φ_m(y)²] of a Gaussian mixture
-f = mean_m N(μ_m, C_m) at many points, in one pass over the components (streaming log-sum-exp, no M × Q array)."""
+"""Compiled kernels for the joint (k ≥ 2) mixture estimator over Gaussian mixtures f = mean_m N(μ_m, C_m), components
+given by means (M, k), L_m⁻¹ (M, k, k) (C_m = L_m L_mᵀ) and log_norm_m = −½ log det(2π C_m): densities and their
+second moments at many points in one pass over the components (streaming log-sum-exp, no M × Q array), and the
+influence of each component on a weighted sum over the points."""
 from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
 
 
+@njit(cache=True, inline="always")
+def _log_phi(points, q, means, inv_chol, log_norm, m, diff):
+    """log N(y_q; μ_m, C_m)."""
+    k = points.shape[1]
+    for i in range(k):
+        diff[i] = points[q, i] - means[m, i]
+    quad = 0.0
+    for i in range(k):
+        acc = 0.0
+        for j in range(i + 1):
+            acc += inv_chol[m, i, j] * diff[j]
+        quad += acc * acc
+    return log_norm[m] - 0.5 * quad
+
+
 @njit(cache=True, parallel=True)
 def mixture_log_density(points, means, inv_chol, log_norm):
-    """(log f(y_q), log mean_m φ_m(y_q)²) for points (Q, k); components given by means (M, k), L_m⁻¹ (M, k, k)
-    (C_m = L_m L_mᵀ) and log_norm_m = −½ log det(2π C_m)."""
+    """(log f(y_q), log mean_m φ_m(y_q)²) for points (Q, k)."""
     Q, k = points.shape
     M = means.shape[0]
     log_f = np.empty(Q)
@@ -20,15 +36,7 @@ def mixture_log_density(points, means, inv_chol, log_norm):
         total_sq = 0.0  # Σ exp(2 a_m − 2 top)
         diff = np.empty(k)
         for m in range(M):
-            for i in range(k):
-                diff[i] = points[q, i] - means[m, i]
-            quad = 0.0
-            for i in range(k):
-                acc = 0.0
-                for j in range(i + 1):
-                    acc += inv_chol[m, i, j] * diff[j]
-                quad += acc * acc
-            a = log_norm[m] - 0.5 * quad
+            a = _log_phi(points, q, means, inv_chol, log_norm, m, diff)
             if a > top:
                 scale = np.exp(top - a)
                 total = total * scale + 1.0
@@ -41,3 +49,80 @@ def mixture_log_density(points, means, inv_chol, log_norm):
         log_f[q] = top + np.log(total / M)
         log_sq[q] = 2.0 * top + np.log(total_sq / M)
     return log_f, log_sq
+
+
+@njit(cache=True, parallel=True)
+def paired_log_density(points, means_a, inv_a, norm_a, means_b, inv_b, norm_b):
+    """For M pairs (φ_m, φ'_m): (log f, log f', log mean φ², log mean φ'², log mean φφ') at points (Q, k)."""
+    Q, k = points.shape
+    M = means_a.shape[0]
+    out = np.empty((5, Q))
+    for q in prange(Q):
+        ta = -np.inf
+        tb = -np.inf
+        sa = 0.0
+        sb = 0.0
+        qa = 0.0
+        qb = 0.0
+        ab = 0.0  # Σ exp(a_m − ta + b_m − tb)
+        diff = np.empty(k)
+        for m in range(M):
+            a = _log_phi(points, q, means_a, inv_a, norm_a, m, diff)
+            b = _log_phi(points, q, means_b, inv_b, norm_b, m, diff)
+            if a > ta:
+                scale = np.exp(ta - a)
+                sa *= scale
+                qa *= scale * scale
+                ab *= scale
+                ta = a
+            if b > tb:
+                scale = np.exp(tb - b)
+                sb *= scale
+                qb *= scale * scale
+                ab *= scale
+                tb = b
+            ea = np.exp(a - ta)
+            eb = np.exp(b - tb)
+            sa += ea
+            qa += ea * ea
+            sb += eb
+            qb += eb * eb
+            ab += ea * eb
+        out[0, q] = ta + np.log(sa / M)
+        out[1, q] = tb + np.log(sb / M)
+        out[2, q] = 2.0 * ta + np.log(qa / M)
+        out[3, q] = 2.0 * tb + np.log(qb / M)
+        out[4, q] = ta + tb + np.log(ab / M)
+    return out
+
+
+@njit(cache=True, parallel=True)
+def mixture_influence(points, coef, log_f, means, inv_chol, log_norm):
+    """Σ_q coef_q φ_m(y_q) / f(y_q) for each component m (φ_m ≤ M f where m is one of f's M components)."""
+    Q, k = points.shape
+    M = means.shape[0]
+    out = np.empty(M)
+    for m in prange(M):
+        diff = np.empty(k)
+        acc = 0.0
+        for q in range(Q):
+            acc += coef[q] * np.exp(_log_phi(points, q, means, inv_chol, log_norm, m, diff) - log_f[q])
+        out[m] = acc
+    return out
+
+
+@njit(cache=True, parallel=True)
+def pair_influence(points, coef, log_f, log_g, means_a, inv_a, norm_a, means_b, inv_b, norm_b):
+    """Σ_q coef_q [φ_m(y_q) / f(y_q) − φ'_m(y_q) / g(y_q)] for each pair m (f, g the mixtures of the φ_m, φ'_m)."""
+    Q, k = points.shape
+    M = means_a.shape[0]
+    out = np.empty(M)
+    for m in prange(M):
+        diff = np.empty(k)
+        acc = 0.0
+        for q in range(Q):
+            a = _log_phi(points, q, means_a, inv_a, norm_a, m, diff) - log_f[q]
+            b = _log_phi(points, q, means_b, inv_b, norm_b, m, diff) - log_g[q]
+            acc += coef[q] * (np.exp(a) - np.exp(b))
+        out[m] = acc
+    return out

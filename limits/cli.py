@@ -4,21 +4,19 @@
     netsor-limits sample    finite-width (--width) or limit draws of the outputs, as CSV
     netsor-limits describe  the limit law as formulas
 
-Bad options or values print one line and exit with code 2.
+Bad options or values print one line and exit with code 2; Ctrl-C prints one line and exits with code 130.
 """
 from __future__ import annotations
 
+# only light modules here: numpy, numba and netsor load inside main(), where a Ctrl-C is caught like any other
 import argparse
-import math
+import os
+import signal
 import sys
-import time
-from pathlib import Path
-
-import numpy as np
-
-from netsor import ProgramError
 
 DEFAULT_WIDTHS = (16, 64, 256, 1024, 4096)
+MAX_SCORES = 1 << 20  # heads × seq_len² attention scores: a larger layer takes hours to derive, so it is a typo
+INTERRUPTED = "netsor-limits: interrupted"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -30,109 +28,188 @@ class _UsageError(Exception):
     pass
 
 
-def _comma_ints(text: str, minimum: int, kind: str, malformed: str) -> list[int]:
-    """Comma-separated integers ≥ minimum ("16,64" or "3,"); `kind` and `malformed` word the two errors."""
+def _power(maximum: int) -> str:
+    return f"2^{maximum.bit_length() - 1}"
+
+
+def _integer(text: str, minimum: int, maximum: int | None, kind: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:  # also a string of more digits than int() reads
+        raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}")
+    if maximum is not None and value > maximum:
+        raise argparse.ArgumentTypeError(f"expected at most {_power(maximum)}, got {text}")
+    return value
+
+
+def _comma_ints(text: str, minimum: int, maximum: int | None, kind: str, malformed: str) -> list[int]:
+    """Distinct comma-separated integers in minimum..maximum ("16,64" or "3,"); `kind` and `malformed` word the
+    errors."""
     try:
         values = [int(v) for v in text.replace(" ", "").split(",") if v]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected {malformed}, got {text!r}") from None
     if not values or min(values) < minimum:
         raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}")
+    if maximum is not None and max(values) > maximum:
+        raise argparse.ArgumentTypeError(f"expected values at most {_power(maximum)}, got {max(values)}")
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:  # a repeated width or seed would be a repeated row, not more data
+        raise argparse.ArgumentTypeError(f"{', '.join(map(str, repeated))} repeated in {text!r}")
     return values
 
 
-def _int_list(text: str) -> list[int]:
-    return _comma_ints(text, 1, "positive integers", "comma-separated integers")
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _positive(maximum: int | None = None):
+    return lambda text: _integer(text, 1, maximum, "a positive integer")
 
 
 def _heads(text: str):
-    return math.inf if text.lower() in ("inf", "infinity") else _positive(text)
+    import math
+    return math.inf if text.strip().lower() in ("inf", "infinity") else _integer(text, 1, None, "a positive integer")
 
 
-def _seeds(text: str):
-    """A count ("10") or a list of seeds ("3," or "0,5,7")."""
-    if "," not in text:
-        return _positive(text)
-    return _comma_ints(text, 0, "non-negative seeds", "a count or comma-separated seeds")
+def _folder(text: str):
+    from pathlib import Path
+    if not text.strip():  # Path("") is the current folder: never what an empty value meant
+        raise argparse.ArgumentTypeError("expected a folder, got ''")
+    return Path(text)
+
+
+def _address(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a scheduler address such as tcp://host:8786, got ''")
+    return text.strip()
 
 
 def parser() -> argparse.ArgumentParser:
     from .divergence import METHODS
-    from .sweep import BACKENDS
+    from .sweep import BACKENDS, MAX_SEEDS, MAX_WIDTH
+
+    def widths(text):
+        return _comma_ints(text, 1, MAX_WIDTH, "positive integers", "comma-separated integers")
+
+    def seeds(text):
+        """A count ("10") or a list of seeds ("3," or "0,5,7")."""
+        if "," not in text:
+            return _integer(text, 1, MAX_SEEDS, "a positive integer")
+        return _comma_ints(text, 0, None, "non-negative seeds", "a count or comma-separated seeds")
 
     top = _Parser(prog="netsor-limits", description="Infinite-width limits of attention layers: KL(finite width "
                   "‖ limit), samples and the law, for attention_layer(seq_len, heads, head_dim, scaling, inputs).")
     commands = top.add_subparsers(dest="command", metavar="{kl,sample,describe}", parser_class=_Parser)
 
-    def layer_options(p):
+    def layer_options(p, output_default: str):
         g = p.add_argument_group("layer")
-        g.add_argument("--seq-len", type=_positive, default=4, help="tokens s (default 4)")
+        g.add_argument("--seq-len", type=_positive(), default=4, help="tokens s (default 4)")
         g.add_argument("--heads", type=_heads, default=2, help="heads H, or inf (default 2)")
-        g.add_argument("--head-dim", type=_positive, default=None, help="fixed head dimension N (default: n)")
+        g.add_argument("--head-dim", type=_positive(MAX_WIDTH), default=None,
+                       help="fixed head dimension N (default: n)")
         g.add_argument("--scaling", choices=("sqrt", "linear"), default="sqrt", help="score scaling (default sqrt)")
         g.add_argument("--inputs", choices=("paper", "relu", "gaussian"), default="paper",
                        help="tokens: paper = clip(W^i h) (SKI25), relu, gaussian (default paper)")
-        g.add_argument("--output", type=int, default=0, help="which output y_{i+1} (default 0: y1)")
+        g.add_argument("--output", type=lambda t: _integer(t, 0, None, "a non-negative integer"), default=None,
+                       help=f"which output y_{{i+1}} (default {output_default})")
 
     kl = commands.add_parser("kl", help="KL(finite n ‖ limit) against width, with the fitted decay exponent")
-    layer_options(kl)
-    kl.add_argument("--widths", type=_int_list, default=list(DEFAULT_WIDTHS),
+    layer_options(kl, "0: y1")
+    kl.add_argument("--widths", type=widths, default=list(DEFAULT_WIDTHS),
                     help="comma-separated widths (default 16,64,256,1024,4096)")
-    kl.add_argument("--size", type=_positive, default=20_000, help="networks per width and seed (default 20000)")
-    kl.add_argument("--seeds", type=_seeds, default=2, help="a count, or comma-separated seeds (default 2)")
+    kl.add_argument("--size", type=lambda t: _integer(t, 2, None, "an integer ≥ 2"), default=20_000,
+                    help="networks per width and seed (default 20000)")
+    kl.add_argument("--seeds", type=seeds, default=2, help="a count, or comma-separated seeds (default 2)")
     kl.add_argument("--estimator", choices=METHODS, default="mixture", help="KL estimator (default mixture)")
     kl.add_argument("--backend", choices=BACKENDS, default="local", help="local (default) or dask")
-    kl.add_argument("--scheduler", default=None, help="dask scheduler address (default: a 2-worker LocalCluster)")
-    kl.add_argument("--out", type=Path, default=Path("netsor-results"), help="output folder (default ./netsor-results)")
+    kl.add_argument("--scheduler", type=_address, default=None,
+                    help="dask scheduler address, with --backend dask (default: a 2-worker LocalCluster)")
+    kl.add_argument("--out", type=_folder, default="netsor-results",
+                    help="output folder (default ./netsor-results)")
     kl.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     sample = commands.add_parser("sample", help="draws of the outputs at a width, or of the limit, as CSV")
-    layer_options(sample)
-    sample.add_argument("--width", type=_positive, default=None, help="finite width n (default: the limit)")
-    sample.add_argument("--size", type=_positive, default=10_000, help="draws (default 10000)")
-    sample.add_argument("--seed", type=int, default=0, help="seed (default 0)")
-    sample.add_argument("--out", type=Path, default=Path("netsor-results"), help="output folder")
+    layer_options(sample, "all")
+    sample.add_argument("--width", type=_positive(MAX_WIDTH), default=None, help="finite width n (default: the limit)")
+    sample.add_argument("--size", type=_positive(), default=10_000, help="draws (default 10000)")
+    sample.add_argument("--seed", type=lambda t: _integer(t, 0, None, "a non-negative integer"), default=0,
+                        help="seed (default 0)")
+    sample.add_argument("--out", type=_folder, default="netsor-results", help="output folder")
 
     describe = commands.add_parser("describe", help="print the limit law as formulas")
-    layer_options(describe)
+    layer_options(describe, "all")
     describe.add_argument("--latex", action="store_true", help="LaTeX instead of plain text")
     return top
 
 
 def _layer(args):
+    import math
+
+    from netsor import ProgramError
+
     from .attention import attention_layer
+    scores = (1 if math.isinf(args.heads) else args.heads) * args.seq_len ** 2
+    if scores > MAX_SCORES:
+        raise ProgramError(f"--heads {args.heads} and --seq-len {args.seq_len} make {scores:.3g} attention scores, "
+                           f"more than this command builds ({_power(MAX_SCORES)})")
     return attention_layer(seq_len=args.seq_len, heads=args.heads, head_dim=args.head_dim, scaling=args.scaling,
                            inputs=args.inputs)
 
 
-def _output(layer, index: int):
-    if not 0 <= index < len(layer.outputs):
-        raise ProgramError(f"--output must be in 0..{len(layer.outputs) - 1}, got {index}")
-    return layer.outputs[index]
+def _positions(layer, index: int | None) -> list[int]:
+    """The outputs `--output` selects: that one, or all (None)."""
+    from netsor import ProgramError
+    count = len(layer.outputs)
+    if index is None:
+        return list(range(count))
+    if not 0 <= index < count:
+        raise ProgramError(f"--output must be in 0..{count - 1} (the layer has {count} outputs), got {index}")
+    return [index]
+
+
+def _prepare(folder) -> None:
+    """Create --out and check a file can be written there, before any work."""
+    import tempfile
+
+    from netsor import ProgramError
+    if folder.exists() and not folder.is_dir():
+        raise ProgramError(f"--out {folder}: is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise ProgramError(f"--out {folder}: cannot write there ({e.strerror or e})") from None
 
 
 def _kl(args) -> None:
-    from . import plot
-    from .sweep import fit_rate, kl_vs_width
+    import time
 
+    from netsor import ProgramError
+
+    from . import plot
+    from .sweep import _connect, fit_rate, kl_vs_width
+
+    if args.scheduler is not None and args.backend != "dask":
+        raise ProgramError("--scheduler needs --backend dask")
     layer = _layer(args)
-    start = time.perf_counter()
-    common = dict(size=args.size, seeds=args.seeds, estimator=args.estimator, backend=args.backend,
-                  client=args.scheduler, out_dir=args.out, progress=not args.no_progress)
     if layer.infinite_heads:
         raise ProgramError("--heads inf has no finite width; give a number of heads")
-    df = kl_vs_width(layer, [_output(layer, args.output)], args.widths, **common)
-    print(f"KL(finite n ‖ limit) of {layer.outputs[args.output].name}: seq_len={args.seq_len} heads={args.heads} "
+    (index,) = _positions(layer, 0 if args.output is None else args.output)
+    _prepare(args.out)
+    start = time.perf_counter()
+    client = None if args.scheduler is None else _connect(args.scheduler, "--scheduler")
+    try:
+        df = kl_vs_width(layer, [layer.outputs[index]], args.widths, size=args.size, seeds=args.seeds,
+                         estimator=args.estimator, backend=args.backend, client=client, out_dir=args.out,
+                         progress=not args.no_progress)
+    except ProgramError as e:
+        # the sweep names its folder out_dir; on the command line it is --out
+        text = str(e)
+        raise ProgramError("--out" + text[len("out_dir"):] if text.startswith("out_dir ") else text) from None
+    finally:
+        if client is not None:
+            client.close()
+    print(f"KL(finite n ‖ limit) of {layer.outputs[index].name}: seq_len={args.seq_len} heads={args.heads} "
           f"head_dim={args.head_dim or 'n'} scaling={args.scaling} inputs={args.inputs}, {args.estimator}")
     print(df.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     try:
@@ -141,52 +218,119 @@ def _kl(args) -> None:
     except ProgramError as e:
         fit = None
         print(f"no decay fit: {e}")
-    plot.kl_vs_width(df, fit=fit if fit is not None else False, path=args.out / "kl_vs_width")
+    try:
+        plot.kl_vs_width(df, fit=fit if fit is not None else False, path=args.out / "kl_vs_width")
+    except OSError as e:
+        raise ProgramError(f"--out {args.out}: cannot write the figure ({e.strerror or e})") from None
     print(f"wrote {args.out / 'kl_vs_width.csv'}, {args.out / 'kl_vs_width.png'} (and .pdf) "
           f"in {time.perf_counter() - start:.1f} s")
 
 
 def _sample(args) -> None:
+    import numpy as np
     import pandas as pd
+
+    from netsor import ProgramError
+
     layer = _layer(args)
+    positions = _positions(layer, args.output)
+    _prepare(args.out)
     if args.width is None:
-        law = layer.law()
-        draws = law.sample(args.size, args.seed) if layer.infinite_heads else law.sample(layer.outputs, args.size,
-                                                                                          args.seed)
+        draws = layer.law().sample(layer.outputs, args.size, args.seed)
         kind = "limit"
     else:
         draws = layer.simulate(args.width, args.size, args.seed)
         kind = f"n{args.width}"
-    df = pd.DataFrame(np.asarray(draws), columns=[v.name for v in layer.outputs])
-    args.out.mkdir(parents=True, exist_ok=True)
+    df = pd.DataFrame(np.asarray(draws)[:, positions], columns=[layer.outputs[i].name for i in positions])
     path = args.out / f"samples_{kind}.csv"
-    df.to_csv(path, index=False)
+    try:
+        df.to_csv(path, index=False)
+    except OSError as e:
+        raise ProgramError(f"--out {args.out}: cannot write {path.name} ({e.strerror or e})") from None
     print(df.describe().loc[["mean", "std"]].to_string(float_format=lambda v: f"{v:.4f}"))
     print(f"wrote {len(df)} draws to {path}")
 
 
 def _describe(args) -> None:
+    import numpy as np
+
+    from netsor import GaussianLaw, ProgramError
+
     layer = _layer(args)
+    positions = _positions(layer, args.output)
     law = layer.law()
-    print(law.describe() if layer.infinite_heads else law.describe(layer.outputs, latex=args.latex))
+    if not layer.infinite_heads:
+        print(law.describe([layer.outputs[i] for i in positions], latex=args.latex))
+        return
+    if args.latex:
+        raise ProgramError("--latex: the infinite-head (--heads inf) law is a plain Gaussian with no LaTeX form")
+    if len(positions) < len(layer.outputs):
+        law = GaussianLaw([law.variables[i] for i in positions], law.mean[positions],
+                          law.cov[np.ix_(positions, positions)], description=law.description)
+    print(law.describe())
 
 
 def main(argv=None) -> int:
+    """Run the command line on `argv` (default sys.argv[1:]); returns the exit code."""
+    command = None
     try:
-        args = parser().parse_args(argv)
-        if args.command is None:
-            raise _UsageError("netsor-limits: error: choose a command: kl, sample or describe (see --help)")
-        {"kl": _kl, "sample": _sample, "describe": _describe}[args.command](args)
-    except (_UsageError, ProgramError) as e:
-        message = str(e) if isinstance(e, _UsageError) else f"netsor-limits: error: {e}"
-        print(message.splitlines()[0] if message else "netsor-limits: error", file=sys.stderr)
-        return 2
+        import warnings
+
+        from netsor import ProgramError  # numpy, numba: a Ctrl-C while they load is caught below
+
+        def one_line(message, category, *_):  # a warning is one line too, without the source line
+            print(f"netsor-limits: warning: {str(message).strip().splitlines()[0]}", file=sys.stderr)
+
+        try:
+            with warnings.catch_warnings():
+                warnings.showwarning = one_line
+                args = parser().parse_args(argv)
+                command = args.command
+                if command is None:
+                    raise _UsageError("netsor-limits: error: choose a command: kl, sample or describe (see --help)")
+                {"kl": _kl, "sample": _sample, "describe": _describe}[command](args)
+        except (_UsageError, ProgramError, MemoryError) as e:
+            if isinstance(e, MemoryError):  # a size the machine cannot hold is bad input too, not a crash
+                message = f"netsor-limits: error: out of memory ({e or 'MemoryError'}); ask for less (--size, --width)"
+            else:
+                message = str(e) if isinstance(e, _UsageError) else f"netsor-limits: error: {e}"
+            print(message.splitlines()[0] if message else "netsor-limits: error", file=sys.stderr)
+            return 2
     except KeyboardInterrupt:
-        print("netsor-limits: interrupted (finished tasks are kept in the output folder)", file=sys.stderr)
+        kept = " (finished tasks are kept in --out)" if command == "kl" else ""
+        print(INTERRUPTED + kept, file=sys.stderr)
         return 130
     return 0
 
 
+def _on_sigint(signum, frame):
+    """The first Ctrl-C interrupts (main prints one line, cleans up, exits 130); a second one leaves at once."""
+    signal.signal(signal.SIGINT, _on_second_sigint)
+    raise KeyboardInterrupt
+
+
+def _on_second_sigint(signum, frame):
+    os.write(2, f"{INTERRUPTED} again: leaving without clean-up\n".encode())
+    os._exit(130)
+
+
 def run() -> None:
     """Console-script entry point."""
-    sys.exit(main())
+    code = 130
+    try:
+        # our handler: a Ctrl-C during main's own clean-up or message would otherwise escape as a traceback; a SIGINT
+        # the caller ignores (nohup, a background job) stays ignored
+        ours = signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        if ours:
+            signal.signal(signal.SIGINT, _on_sigint)
+        code = main()
+        if ours:  # exiting now with main's code: a late Ctrl-C must not turn it into a traceback or a signal death
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except KeyboardInterrupt:  # one that landed outside main's guard (before it, or as it returned)
+        print(INTERRUPTED, file=sys.stderr)
+        code = 130
+    sys.exit(code)
+
+
+if __name__ == "__main__":  # python -m limits.cli, like python -m limits
+    run()

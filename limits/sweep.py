@@ -12,8 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import multiprocessing
 import numbers
 import os
+import signal
+import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -31,8 +35,12 @@ from .builders import Network
 from .divergence import METHODS, kl
 from .stack import Transformer, transformer
 
-COLUMNS = ["width", "seed", "estimator", "kl", "se", "upper_bound", "n_samples", "seconds"]
+# n_samples: the draws asked for; n_used: the draws or components the estimate used; note: the estimator's caveat
+COLUMNS = ["width", "seed", "estimator", "kl", "se", "upper_bound", "n_samples", "n_used", "note", "seconds"]
 BACKENDS = ("local", "dask")
+MAX_WIDTH = netsor.MAX_WIDTH  # the engine's bound on widths (int64 kernels), checked before any task runs
+MAX_SEEDS = 1 << 20  # a count of seeds per point; more is a typo (and a million task files), not a sweep
+CONNECT_TIMEOUT = 5  # seconds to reach a scheduler: a wrong address fails fast instead of after dask's 30 s
 
 
 @dataclass(frozen=True)
@@ -98,13 +106,14 @@ def run_task(task: KLTask) -> dict:
             finite = law.sample(variables, task.size, finite_seed)
         else:
             finite = netsor.simulate(task.program, task.width, variables, task.size, finite_seed)
-        reference = (task.reference.sample(task.size, ss(2)) if task.reference is not None
+        reference = (task.reference.sample(None, task.size, ss(2)) if task.reference is not None
                      else law.sample(variables, task.size, ss(2)))
         estimate = kl(finite, reference, method=task.estimator, **options)
     row = dict(task.label or {})
     row.update(width=task.width if task.width is not None else math.inf, seed=task.seed,
                estimator=task.estimator, kl=estimate.value, se=estimate.se, upper_bound=estimate.upper_bound,
-               n_samples=task.size, seconds=time.perf_counter() - start)
+               n_samples=task.size, n_used=estimate.n_finite, note=estimate.note,
+               seconds=time.perf_counter() - start)
     return row
 
 
@@ -117,18 +126,22 @@ def kl_vs_width(layer_or_program, variables=None, widths=(16, 64, 256, 1024), si
     upper_bound, n_samples, seconds), sorted by width then seed.
 
     layer_or_program: an AttentionLayer, a Network, a Transformer, or a Program (then `variables` is required; for
-    the others the default is their first output). seeds: a count (0..count−1) or a list of non-negative ints.
-    backend "dask" sends tasks to `client` (a dask.distributed Client, a scheduler address, or None for a 2-worker
-    LocalCluster).
+    the others the default is their first output). widths: distinct positive ints (numpy integers too). seeds: a
+    count (0..count−1) or a list of distinct non-negative ints.
+    backend "dask" sends tasks to `client` (a dask.distributed Client, a scheduler address, reached within
+    CONNECT_TIMEOUT seconds, or None for a 2-worker LocalCluster; a script must then call this under
+    `if __name__ == "__main__":`, as the workers are spawned processes).
     reference: a GaussianLaw over the same variables to compare with instead of the program's limit (e.g. an
     infinite-head limit, to show a wrong limit is rejected).
     """
+    _execution(backend, client, out_dir, progress)
     program, variables = _target(layer_or_program, variables, "kl_vs_width")
-    widths = _positive_ints(widths, "widths")
+    widths = _positive_ints(widths, "widths", MAX_WIDTH)
+    size, estimator, seeds = _size(size), _estimator(estimator), _seeds(seeds)
     if reference is not None and not isinstance(reference, GaussianLaw):
         raise ProgramError(f"kl_vs_width: reference must be a netsor GaussianLaw, got {type(reference).__name__}")
-    tasks = [KLTask(program, variables, w, s, _size(size), _estimator(estimator), _options(estimator_options),
-                    reference) for w in widths for s in _seeds(seeds)]
+    tasks = [KLTask(program, variables, w, s, size, estimator, _options(estimator_options), reference)
+             for w in widths for s in seeds]
     # the store keys tasks by the program's content, never by how it prints (two programs can print alike)
     config = {"sweep": "kl_vs_width", "program": None if out_dir is None else netsor.fingerprint(program),
               "variables": [v.name for v in variables],
@@ -146,11 +159,15 @@ def kl_vs_heads(heads=(1, 2, 4, 8, 16), width: int | None = None, outputs=(0,), 
     → DataFrame with a `heads` column first, then the columns of `kl_vs_width`."""
     if "heads" in layer_options:
         raise ProgramError("kl_vs_heads: pass the head counts as `heads`")
+    _execution(backend, client, out_dir, progress)
     heads = _positive_ints(heads, "heads")
-    estimator = _estimator(estimator)
+    size, estimator, seeds = _size(size), _estimator(estimator), _seeds(seeds)
+    outputs = _ints(outputs, "outputs")
     options = _options(estimator_options or {})
     if width is not None:
-        width = _positive_ints([width], "width")[0]
+        if isinstance(width, bool) or not isinstance(width, numbers.Integral):
+            raise ProgramError(f"width must be a positive integer or None, got {width!r}")
+        width = _positive_ints(width, "width", MAX_WIDTH)[0]
     reference = None
     if width is None:
         if estimator == "coupled":
@@ -166,12 +183,12 @@ def kl_vs_heads(heads=(1, 2, 4, 8, 16), width: int | None = None, outputs=(0,), 
         layer = attention_layer(heads=h, **layer_options)
         positions = _positions(outputs, len(layer.outputs))
         variables = tuple(layer.outputs[i] for i in positions)
-        tasks += [KLTask(layer.program, variables, width, s, _size(size), estimator, options, reference,
-                         {"heads": h}) for s in _seeds(seeds)]
+        tasks += [KLTask(layer.program, variables, width, s, size, estimator, options, reference, {"heads": h})
+                  for s in seeds]
     # the store keys the sweep by the content of one representative layer (a repr would truncate arrays)
     layer_key = None if out_dir is None else netsor.fingerprint(attention_layer(heads=1, **layer_options).program)
     config = {"sweep": "kl_vs_heads", "layer": layer_key,
-              "outputs": list(outputs),
+              "outputs": outputs,
               "width": width, "size": size, "estimator": estimator, "options": repr(options)}
     return _run(tasks, config, backend, client, out_dir, progress, "kl_vs_heads.csv")
 
@@ -309,8 +326,6 @@ def fit_rate(df: pd.DataFrame, against: str = "width", min_snr: float = 3.0, lev
 
 # ---- execution
 def _run(tasks, config, backend, client, out_dir, progress, csv_name) -> pd.DataFrame:
-    if backend not in BACKENDS:
-        raise ProgramError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
     store = _Store(out_dir, config) if out_dir is not None else None
     rows = {t.key: store.load(t) for t in tasks} if store else {}
     todo = [t for t in tasks if rows.get(t.key) is None]
@@ -336,23 +351,90 @@ def _run(tasks, config, backend, client, out_dir, progress, csv_name) -> pd.Data
     front = [c for c in df.columns if c not in COLUMNS]
     df = df[front + COLUMNS].sort_values(front + ["width", "seed"], kind="stable").reset_index(drop=True)
     if store:
-        df.to_csv(store.path / csv_name, index=False)
+        try:
+            df.to_csv(store.path / csv_name, index=False)
+        except OSError as e:
+            raise ProgramError(f"out_dir {store.path}: cannot write {csv_name} ({_reason(e)})") from None
     return df
+
+
+def _execution(backend, client, out_dir, progress) -> None:
+    """Check how a sweep runs before any work (building layers, fingerprints) is done."""
+    if backend not in BACKENDS:
+        raise ProgramError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    if client is not None and backend != "dask":
+        raise ProgramError(f"client is for backend 'dask' (it would be ignored with backend {backend!r})")
+    if out_dir is not None and (not isinstance(out_dir, (str, os.PathLike)) or not str(out_dir).strip()):
+        raise ProgramError(f"out_dir must be a folder path or None, got {out_dir!r}")
+    if progress is not None and not isinstance(progress, bool):
+        raise ProgramError(f"progress must be True, False or None, got {progress!r}")
+
+
+def _reason(error: BaseException) -> str:
+    """One line for an error from a file system call or a library (their messages can span lines)."""
+    text = getattr(error, "strerror", None) or str(error) or type(error).__name__
+    return text.strip().splitlines()[0] if text.strip() else type(error).__name__
+
+
+def _connect(address, where: str = "client"):
+    """A dask Client for a scheduler address, or a one-line ProgramError naming `where` (after CONNECT_TIMEOUT s)."""
+    try:
+        from dask.distributed import Client
+    except ImportError:
+        raise ProgramError("backend 'dask' needs dask.distributed: pip install 'netsor[dask]'") from None
+    if not isinstance(address, str) or not address.strip():
+        raise ProgramError(f"{where} must be a scheduler address such as tcp://host:8786, got {address!r}")
+    try:
+        return Client(address, timeout=CONNECT_TIMEOUT)
+    except (OSError, ValueError, TypeError) as e:
+        raise ProgramError(f"{where} {address}: cannot connect ({_reason(e)})") from None
+
+
+_MAIN_GUARD = ('its worker processes are spawned and re-run the main script, so a script must make the call under '
+               '`if __name__ == "__main__":`')
+
+
+def _local_cluster():
+    """A 2-worker LocalCluster and its Client; a one-line ProgramError (with the main-guard hint) if it fails."""
+    from dask.distributed import Client, LocalCluster
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        # we are a spawned process re-running the user's script at import: starting a cluster here cannot work
+        raise ProgramError(f"backend 'dask' was called while a worker process was starting: {_MAIN_GUARD}")
+    cluster = None
+    # the workers start with SIGINT ignored (an ignored signal survives exec): a Ctrl-C reaches the whole foreground
+    # process group, and the workers would print tracebacks; this process closes them when it is interrupted
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main_thread else None
+    quiet = previous is not None  # None: a handler set outside Python, which could not be put back
+    if quiet:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+        return cluster, Client(cluster)
+    except Exception as e:
+        if cluster is not None:
+            cluster.close()
+        # a script without the guard is the usual cause (its workers die at start-up: "Nanny failed to start")
+        script = getattr(sys.modules.get("__main__"), "__file__", None)
+        hint = f"; if it was called from a script's top level: {_MAIN_GUARD}" if script else ""
+        raise ProgramError(f"backend 'dask': the local cluster did not start ({type(e).__name__}: "
+                           f"{_reason(e)}){hint}") from None
+    finally:
+        if quiet:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _run_dask(tasks, client, finished) -> None:
     try:
-        from dask.distributed import Client, LocalCluster, as_completed
+        from dask.distributed import Client, as_completed
     except ImportError:
         raise ProgramError("backend 'dask' needs dask.distributed: pip install 'netsor[dask]'") from None
     own = []
     if client is None:
-        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
-        own += [cluster]
-        client = Client(cluster)
-        own.insert(0, client)
+        cluster, client = _local_cluster()
+        own += [client, cluster]
     elif isinstance(client, str):
-        client = Client(client)
+        client = _connect(client)
         own.append(client)
     elif not isinstance(client, Client):
         raise ProgramError(f"client must be a dask.distributed Client, an address or None, got {client!r}")
@@ -377,10 +459,10 @@ class _Store:
         try:
             self.tasks.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise ProgramError(f"out_dir {self.path}: cannot create it ({e.strerror})") from None
+            raise ProgramError(f"out_dir {self.path}: cannot create it ({_reason(e)})") from None
         meta = self.tasks / "sweep.json"
         if not meta.exists():
-            _write_atomic(meta, json.dumps(config, indent=1))
+            self._write(meta, json.dumps(config, indent=1))
 
     def load(self, task: KLTask) -> dict | None:
         """The stored row of a finished task, checked against the task; None (recompute, with a warning naming
@@ -399,7 +481,13 @@ class _Store:
         return None
 
     def save(self, key: str, row: dict) -> None:
-        _write_atomic(self.tasks / f"{key}.json", json.dumps(row, default=float))
+        self._write(self.tasks / f"{key}.json", json.dumps(row, default=float))
+
+    def _write(self, path: Path, text: str) -> None:
+        try:
+            _write_atomic(path, text)
+        except OSError as e:
+            raise ProgramError(f"out_dir {self.path}: cannot write {path.name} ({_reason(e)})") from None
 
 
 def _row_problem(row, task: KLTask) -> str | None:
@@ -425,13 +513,22 @@ def _row_problem(row, task: KLTask) -> str | None:
         return "has a negative se or seconds"
     if not isinstance(row["upper_bound"], bool):
         return f"has upper_bound = {row['upper_bound']!r}, not true or false"
+    used = row["n_used"]
+    if isinstance(used, bool) or not isinstance(used, int) or not 1 <= used <= task.size:
+        return f"has n_used = {used!r}, not a count of at most {task.size}"
+    if not isinstance(row["note"], str):
+        return f"has note = {row['note']!r}, not a string"
     return None
 
 
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)  # a killed run leaves either the old file or the new one, never half of one
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)  # a killed run leaves either the old file or the new one, never half of one
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a failed write (disk full, a folder in the way) leaves no half file either
+        raise
 
 
 def _progress_bar(total: int, done: int, progress):
@@ -461,24 +558,51 @@ def _target(layer_or_program, variables, where: str):
     return program, tuple(program.resolve(variables, where))
 
 
-def _positive_ints(values, name: str) -> list[int]:
-    values = [values] if isinstance(values, numbers.Integral) else list(values)
-    if not values or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1 for v in values):
+def _ints(values, name: str) -> list[int]:
+    """An integer or a sequence of them (numpy integers and arrays too) → Python ints; bools, floats, strings
+    and other objects are a ProgramError naming `name`."""
+    if isinstance(values, np.ndarray) and values.ndim == 0:
+        values = values.item()  # np.array(16) is one integer
+    if isinstance(values, numbers.Integral) and not isinstance(values, bool):
+        return [int(values)]
+    bad = ProgramError(f"{name} must be an integer or a sequence of integers, got {values!r}")
+    if isinstance(values, (str, bytes, dict)) or (isinstance(values, np.ndarray) and values.ndim != 1):
+        raise bad
+    try:
+        values = list(values)
+    except TypeError:
+        raise bad from None
+    if any(isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral) for v in values):
+        raise ProgramError(f"{name} must be integers, got {values!r}")
+    return [int(v) for v in values]  # numpy integers → int: the store writes them as JSON
+
+
+def _positive_ints(values, name: str, maximum: int | None = None) -> list[int]:
+    """Distinct positive integers (at most `maximum`): a repeated width or head count would be a repeated row."""
+    values = _ints(values, name)
+    if not values or min(values) < 1:
         raise ProgramError(f"{name} must be positive integers, got {values!r}")
-    return [int(v) for v in values]
+    if maximum is not None and max(values) > maximum:
+        raise ProgramError(f"{name} must be at most 2^{maximum.bit_length() - 1}, got {max(values)}")
+    if len(set(values)) != len(values):
+        raise ProgramError(f"{name} repeat: {values!r}")
+    return values
 
 
 def _seeds(seeds) -> list[int]:
     if isinstance(seeds, numbers.Integral) and not isinstance(seeds, bool):
-        if seeds < 1:
-            raise ProgramError(f"seeds must be a positive count or a list of seeds, got {seeds!r}")
+        if not 1 <= seeds <= MAX_SEEDS:
+            raise ProgramError(f"seeds must be a count in 1..2^20 or a list of seeds, got {seeds!r}")
         return list(range(int(seeds)))
-    seeds = list(seeds)
-    if not seeds or any(isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 0 for s in seeds):
+    try:
+        seeds = _ints(seeds, "seeds")
+    except ProgramError:
+        raise ProgramError(f"seeds must be a positive count or a list of non-negative ints, got {seeds!r}") from None
+    if not seeds or min(seeds) < 0:
         raise ProgramError(f"seeds must be a positive count or a list of non-negative ints, got {seeds!r}")
     if len(set(seeds)) != len(seeds):
         raise ProgramError(f"seeds repeat: {seeds!r}")
-    return [int(s) for s in seeds]
+    return seeds
 
 
 def _size(size) -> int:
@@ -498,11 +622,12 @@ def _options(options: dict) -> tuple:
 
 
 def _positions(outputs, count: int) -> list[int]:
-    outputs = [outputs] if isinstance(outputs, numbers.Integral) else list(outputs)
-    if not outputs or any(isinstance(o, bool) or not isinstance(o, numbers.Integral) or not 0 <= o < count
-                          for o in outputs):
+    outputs = _ints(outputs, "outputs")
+    if not outputs or any(not 0 <= o < count for o in outputs):
         raise ProgramError(f"outputs must be positions 0..{count - 1}, got {outputs!r}")
-    return [int(o) for o in outputs]
+    if len(set(outputs)) != len(outputs):
+        raise ProgramError(f"outputs repeat: {outputs!r}")
+    return outputs
 
 
 __all__ = ["kl_vs_width", "kl_vs_heads", "kernel_vs_heads", "fit_rate", "summarize", "RateFit", "KLTask", "run_task"]

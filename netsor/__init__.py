@@ -26,6 +26,7 @@ from . import compiled, parallel, quadrature, random, testing
 from .errors import ProgramError
 from .finite.coupled import CoupledDraws, simulate_coupled
 from .finite.dense import block_size as dense_block_size
+from .finite.runner import MAX_WIDTH
 from .finite.simulate import simulate, simulate_with_moments
 from .ir.fingerprint import fingerprint
 from .ir.layers import feedforward, layernorm, mean_pool, residual
@@ -43,7 +44,7 @@ __all__ = [
     "ProgramError", "Program", "Node", "Vector", "Scalar", "Matrix", "Input", "MatMul", "Nonlin", "LinComb",
     "Moment", "Dot", "ScalarFn", "SoftmaxEntry", "HeadSum", "matmul", "nonlin", "lincomb", "moment", "dot",
     "scalar_fn", "softmax", "infinite_head_sum", "check_covariance", "fingerprint", "limit", "Law", "GaussianLaw",
-    "simulate", "simulate_with_moments",
+    "simulate", "simulate_with_moments", "MAX_WIDTH",
     "simulate_coupled", "CoupledDraws", "dense_block_size", "Nonlinearity", "Clip", "LeakyRelu", "identity",
     "relu", "erf", "tanh", "gelu", "square", "clip", "leaky_relu", "from_sympy", "layernorm", "residual",
     "feedforward", "mean_pool",

@@ -286,13 +286,13 @@ class _Calculus:
             raise ProgramError(f"{what}: given the random scalars this is an integral over {len(gvars)} Gaussian "
                                f"dimensions ({', '.join(g.name for g in gvars)}); per-sample integration is accurate "
                                f"to at most {max(BATCHED_ORDERS)}")
-        value, error = batched_gaussian_expectation(integrand, cov)
-        scale = np.abs(value) + np.abs(value).mean()  # relative to the sample and to the typical magnitude
+        value, error, scale = batched_gaussian_expectation(integrand, cov)  # scale: E|integrand| per sample
         worst = int(np.argmax(error / np.maximum(scale, 1e-300)))
         if not np.all(np.isfinite(value)) or error[worst] > PER_SAMPLE_RTOL * scale[worst]:
             raise ProgramError(f"{what}: given the random scalars the {len(gvars)}-dimensional Gaussian integral "
                                f"is not resolved per sample by the {BATCHED_ORDERS[len(gvars)]}-point rule (error "
-                               f"{error[worst]:.1e} on {value[worst]:.3g}, tolerance {PER_SAMPLE_RTOL:g} relative); "
+                               f"{error[worst]:.1e} on {value[worst]:.3g}, tolerance {PER_SAMPLE_RTOL:g} of E|·| = "
+                               f"{scale[worst]:.3g}); "
                                f"its moments are estimated by Monte Carlo (Law.cov, Law.sample), but a value that "
                                f"enters nonlinearly (a scalar, a later layer's scores, conditional moments) cannot "
                                f"be computed to that accuracy")

@@ -106,24 +106,28 @@ PER_SAMPLE_RTOL = 1e-3
 BATCH_POINTS = 1 << 22
 
 
-def batched_gaussian_expectation(integrand, cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """E[integrand(g)] for g ~ N(0, cov[:, :, b]) separately for every b, and an error estimate per b (the
-    difference from the half-order rule); cov (d, d, B), integrand maps points (b, P, d) and the slice of samples
-    they belong to to values (b, P). A tensor Gauss–Hermite rule through a per-sample semi-definite Cholesky
-    factor; at most `max(BATCHED_ORDERS)` dimensions (callers refuse more)."""
+def batched_gaussian_expectation(integrand, cov: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """E[integrand(g)] for g ~ N(0, cov[:, :, b]) separately for every b, an error estimate per b (the difference
+    from the half-order rule) and the scale E|integrand(g)| to judge it against (an integral that cancels to 0 is
+    resolved when its error is small next to what cancels); cov (d, d, B), integrand maps points (b, P, d) and the
+    slice of samples they belong to to values (b, P). A tensor Gauss–Hermite rule through a per-sample
+    semi-definite Cholesky factor; at most `max(BATCHED_ORDERS)` dimensions (callers refuse more)."""
     d, _, B = cov.shape
     fine, coarse = (tensor_hermite_rule(order, d) for order in (BATCHED_ORDERS[d], BATCHED_ORDERS[d] // 2))
     factors = semidefinite_cholesky(np.ascontiguousarray(cov, dtype=float))
-    out, error = np.empty(B), np.empty(B)
+    out, error, scale = np.empty(B), np.empty(B), np.empty(B)
     step = max(1, BATCH_POINTS // len(fine[0]))
     for start in range(0, B, step):
         part = slice(start, start + step)
         values = []
         for grid, w in (fine, coarse):
             points = np.einsum("ijb,pj->bpi", factors[:, :, part], grid)
-            values.append(np.asarray(integrand(points, part), float) @ w)
+            f = np.asarray(integrand(points, part), float)
+            values.append(f @ w)
+            if grid is fine[0]:
+                scale[part] = np.abs(f) @ w
         out[part], error[part] = values[0], np.abs(values[0] - values[1])
-    return out, error
+    return out, error, scale
 
 
 def monte_carlo_gaussian_expectation(integrand, cov: np.ndarray, rng: np.random.Generator,

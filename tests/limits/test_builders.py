@@ -26,10 +26,10 @@ def test_mlp_without_readout_and_independent_inputs():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(depth=0), "depth must be a positive integer"),
+    (dict(depth=0), "depth must be an integer from 1 to"),
     (dict(nonlinearity="swish"), "unknown nonlinearity 'swish'"),
     (dict(inputs=[[1.0, 2.0], [2.0, 1.0]]), "not positive semi-definite"),
-    (dict(inputs=0), "count must be at least 1"),
+    (dict(inputs=0), r"inputs \(a number of data points\) must be from 1 to"),
 ])
 def test_mlp_bad_arguments(kwargs, message):
     with pytest.raises(netsor.ProgramError, match=message):

@@ -1,5 +1,7 @@
 """The `netsor-limits` command line: files written, exit codes, one-line errors, --help."""
 import configparser
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -71,3 +73,163 @@ def test_sample_and_describe(tmp_path, capsys):
     capsys.readouterr()
     assert main(["describe", "--heads", "1", "--seq-len", "2"]) == 0
     assert "N(0" in capsys.readouterr().out
+
+
+# ---- issue 13 item 7: every bad invocation is one line and exit 2; Ctrl-C is one line and exit 130
+@pytest.mark.parametrize("argv, message", [
+    (["kl", "--widths", "99999999999999999999"], "argument --widths: expected values at most 2^62"),
+    (["kl", "--widths", "16,16"], "argument --widths: 16 repeated"),
+    (["kl", "--seeds", "3,0,3"], "argument --seeds: 3 repeated"),
+    (["kl", "--seeds", "99999999999999999999"], "argument --seeds: expected at most 2^20"),
+    (["kl", "--size", "1"], "argument --size: expected an integer ≥ 2"),
+    (["kl", "--scheduler", "tcp://127.0.0.1:1"], "--scheduler needs --backend dask"),
+    (["kl", "--backend", "dask", "--scheduler", " "], "argument --scheduler: expected a scheduler address"),
+    (["kl", "--out", ""], "argument --out: expected a folder"),
+    (["kl", "--heads", "1000000000"], "--heads 1000000000 and --seq-len 4 make"),
+    (["sample", "--width", str(2 ** 62 + 1)], "argument --width: expected at most 2^62"),
+    (["sample", "--head-dim", "99999999999999999999"], "argument --head-dim: expected at most 2^62"),
+    (["sample", "--seed=-1"], "argument --seed: expected a non-negative integer"),
+    (["sample", "--output", "7"], "--output must be in 0..3"),
+    (["describe", "--output", "4"], "--output must be in 0..3"),
+    (["describe", "--seq-len", "99999999999999999999"], "attention scores"),
+    (["describe", "--heads", "inf", "--latex"], "--latex"),
+])
+def test_more_bad_values_one_line_exit_2(argv, message, capsys, tmp_path):
+    out = ["--out", str(tmp_path / "out")] if argv[0] != "describe" and "--out" not in argv else []
+    assert main(argv + out) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_unreachable_scheduler_fails_fast_in_one_line(capsys, tmp_path, monkeypatch):
+    pytest.importorskip("dask.distributed")
+    from limits import sweep
+    monkeypatch.setattr(sweep, "CONNECT_TIMEOUT", 1)  # the default (a few seconds) is the same code path
+    assert main(["kl", "--widths", "16", "--size", "100", "--seeds", "1", "--backend", "dask", "--scheduler",
+                 "tcp://127.0.0.1:1", "--out", str(tmp_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("netsor-limits: error: --scheduler tcp://127.0.0.1:1: cannot connect (")
+    assert err.count("\n") == 1 and "after 1 s" in err
+
+
+def _blocked(tmp_path, case):
+    """An --out that cannot be written, and what the error must say."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    if case == "file":
+        return blocker, "is a file, not a folder"
+    if case == "under a file":
+        return blocker / "x" / "y", "cannot write there"
+    (tmp_path / "csv" / "samples_n16.csv").mkdir(parents=True)  # the file to write is a folder
+    return tmp_path / "csv", "cannot write samples_n16.csv"
+
+
+@pytest.mark.parametrize("case", ["file", "under a file", "csv is a folder"])
+def test_unwritable_out_is_one_line_naming_out(case, capsys, tmp_path):
+    out, message = _blocked(tmp_path, case)
+    assert main(["sample", "--inputs", "gaussian", "--seq-len", "2", "--width", "16", "--size", "50",
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"netsor-limits: error: --out {out}: ") and message in err and err.count("\n") == 1
+    if case != "csv is a folder":
+        assert main(["kl", "--widths", "16", "--size", "50", "--out", str(out), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"netsor-limits: error: --out {out}: ") and message in err and err.count("\n") == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root writes into read-only folders")
+def test_out_without_permission_is_one_line(capsys, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        assert main(["sample", "--inputs", "gaussian", "--seq-len", "2", "--size", "50", "--out", str(locked)]) == 2
+    finally:
+        locked.chmod(0o755)
+    err = capsys.readouterr().err
+    assert err.startswith(f"netsor-limits: error: --out {locked}: cannot write there") and err.count("\n") == 1
+
+
+def test_output_selects_one_output(tmp_path, capsys):
+    assert main(["sample", "--inputs", "gaussian", "--seq-len", "3", "--width", "16", "--size", "200",
+                 "--output", "1", "--out", str(tmp_path)]) == 0
+    assert list(pd.read_csv(tmp_path / "samples_n16.csv").columns) == ["y2"]
+    capsys.readouterr()
+    assert main(["describe", "--heads", "inf", "--seq-len", "3", "--output", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "(y3) ~ N(0, C)" in printed and "y1" not in printed
+
+
+def test_memory_error_and_warnings_are_one_line(monkeypatch, capsys):
+    import warnings
+
+    import limits.cli as cli
+
+    def no_memory(args):
+        raise MemoryError("Unable to allocate 14.6 TiB for an array")
+
+    def warns(args):
+        warnings.warn("first line\nsecond line", RuntimeWarning)
+
+    monkeypatch.setattr(cli, "_describe", no_memory)
+    assert main(["describe"]) == 2
+    err = capsys.readouterr().err
+    assert err == "netsor-limits: error: out of memory (Unable to allocate 14.6 TiB for an array); ask for less " \
+                  "(--size, --width)\n"
+    monkeypatch.setattr(cli, "_describe", warns)
+    assert main(["describe"]) == 0
+    assert capsys.readouterr().err == "netsor-limits: warning: first line\n"
+
+
+# the driver loads limits/cli.py without limits/__init__.py (which imports the whole package eagerly, outside any
+# guard), says whether that import pulled a heavy module, and announces itself from inside run()'s guarded region
+_SIGINT_DRIVER = """
+import sys, types
+package = types.ModuleType("limits")
+package.__path__ = [sys.argv[1]]
+sys.modules["limits"] = package
+import limits.cli as cli
+heavy = sorted(m for m in ("numpy", "numba", "pandas", "netsor") if m in sys.modules)
+main = cli.main
+def announced(argv=None):
+    print("ready", heavy, flush=True)
+    return main(argv)
+cli.main = announced
+sys.argv = ["netsor-limits", "kl", "--widths", "16,64", "--size", "400000", "--seeds", "40", "--no-progress",
+            "--out", sys.argv[2]]
+cli.run()
+"""
+
+
+def test_ctrl_c_from_start_up_on_is_one_line_and_exit_130(tmp_path):
+    """SIGINT every 20 ms from the moment run() starts (so during the heavy imports, parsing and the sweep, and
+    again while it cleans up) until the process ends: one line, exit 130, never a traceback."""
+    proc = subprocess.Popen([sys.executable, "-c", _SIGINT_DRIVER, str(ROOT / "limits"), str(tmp_path / "out")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ready = proc.stdout.readline()
+        sent = 0
+        while proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            sent += 1
+            try:
+                proc.wait(0.02)
+            except subprocess.TimeoutExpired:
+                pass
+        err = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    assert ready == "ready []\n", (ready, err[-2000:])  # cli.py itself loads no heavy module: they load under guard
+    assert sent >= 1 and proc.returncode == 130, err[-2000:]
+    lines = err.splitlines()
+    assert "Traceback" not in err and 1 <= len(lines) <= 2 and all(
+        line.startswith("netsor-limits: interrupted") for line in lines), err[-2000:]
+
+
+def test_python_m_limits_cli_runs_the_command_line():
+    result = subprocess.run([sys.executable, "-m", "limits.cli", "describe", "--heads", "0"], capture_output=True,
+                            text=True, cwd=ROOT)
+    assert result.returncode == 2 and "argument --heads" in result.stderr and result.stderr.count("\n") == 1

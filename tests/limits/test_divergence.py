@@ -4,10 +4,11 @@ import math
 import numpy as np
 import pytest
 from scipy import integrate, stats
+from scipy.special import logsumexp
 
 import netsor
 from limits import attention_layer
-from limits.divergence import KLEstimate, kl
+from limits.divergence import KLEstimate, _silverman, kl
 
 
 def gaussian_kl(var_p: float, var_q: float) -> float:
@@ -149,8 +150,158 @@ def test_estimate_reporting():
     (lambda: kl(np.array([1.0, 2.0]), np.array([1.0]), "coupled"), "pairs"),
     (lambda: kl(np.array([1.0]), np.array([1.0]), "mixture", order=3), "do not apply"),
     (lambda: kl(np.array([1.0, 2.0]), None, "kde"), "needs both"),
-    (lambda: kl(np.arange(10.0), np.arange(10.0), "knn", k=0), "integer k"),
+    (lambda: kl(np.arange(10.0), np.arange(10.0), "knn", k=0), "option k"),
 ])
 def test_bad_input_is_a_program_error(call, message):
     with pytest.raises(netsor.ProgramError, match=message):
         call()
+
+
+# ---- the joint (k ≥ 2) estimator and the options (issue 13, item 3): no floor, identical inputs, what was used
+A2 = np.array([[1.0, 0.3], [0.3, 0.8]])
+B2 = np.array([[1.1, 0.2], [0.2, 0.9]])
+TAU2 = 0.25
+
+
+def mean_mixture(M, cov, seed):
+    """M components N(μ_m, C), μ_m ~ N(0, τ² I): their law is exactly N(0, C + τ² I), so every KL is closed-form."""
+    mu = np.random.default_rng(seed).standard_normal((M, len(cov))) * math.sqrt(TAU2)
+    return mu, np.broadcast_to(cov, (M, *cov.shape))
+
+
+def law_kl(cov_finite, cov_limit) -> float:
+    """KL between the laws of two `mean_mixture`s: ½ [tr(B⁻¹A) − k + log det B / det A], A, B = C + τ² I."""
+    a, b = (c + TAU2 * np.eye(len(c)) for c in (cov_finite, cov_limit))
+    return 0.5 * (np.trace(np.linalg.solve(b, a)) - len(a) + math.log(np.linalg.det(b) / np.linalg.det(a)))
+
+
+def test_joint_coupled_has_no_floor_at_large_width():
+    layer = attention_layer(seq_len=4, heads=2, inputs="gaussian")
+    pairs = netsor.simulate_coupled(layer.program, 2 ** 30, layer.outputs[:2], 20_000, seed=3)
+    est = kl(pairs, method="coupled", budget=2 ** 24)
+    # KL at n = 2^30 is O(n^-2) ≈ 1e-18: the estimate must be consistent with 0 (it was 1.6e-5 ± 5e-7, a floor)
+    assert abs(est.value) < 3 * est.se and est.upper_bound and est.bound < 1e-9
+    # power: coupled mixtures whose laws differ by an exact KL of 1.1e-2 are resolved, and match it
+    mu, finite = mean_mixture(6000, A2, seed=4)
+    truth = law_kl(A2, B2)
+    coupled = kl((mu, finite), (mu, np.broadcast_to(B2, finite.shape)), "coupled", budget=2 ** 23)
+    assert abs(coupled.value - truth) < 4 * coupled.se and coupled.value > 4 * coupled.se
+
+
+@pytest.mark.parametrize("method", ["mixture", "coupled"])
+def test_joint_identical_inputs_are_zero_within_their_se(method):
+    mu, covs = mean_mixture(4000, A2, seed=5)
+    same = kl((mu, covs), (mu.copy(), covs.copy()), method, budget=2 ** 22)
+    assert abs(same.value) <= 2 * same.se and (same.upper_bound or same.value == same.se == 0), same
+    # power: against 1.5× the covariances (exact KL 0.047) the same components are resolved, at the truth
+    other = kl((mu, covs), (mu.copy(), 1.5 * covs), method, budget=2 ** 22)
+    truth = law_kl(A2, 1.5 * A2)
+    assert abs(other.value - truth) < 4 * other.se and other.value > 4 * other.se, other
+
+
+def test_joint_uses_what_it_is_given_and_says_what_it_used():
+    (mu, finite), (nu, limit) = mean_mixture(40_000, A2, seed=6), mean_mixture(40_000, B2, seed=7)
+    cut = kl((mu, finite), (nu, limit), "mixture", budget=2 ** 21)
+    assert cut.n_finite < 40_000 and cut.n_limit < 40_000 and "of 40000 finite" in cut.note and cut.note in str(cut)
+    # with room in the budget every finite component enters (the limit's first E are left out: with identical
+    # inputs the densities then coincide), and the SE falls as 1/√M
+    small = kl((mu[:500], finite[:500]), (nu[:500], limit[:500]), "mixture", budget=2 ** 25)
+    large = kl((mu[:2000], finite[:2000]), (nu[:2000], limit[:2000]), "mixture", budget=2 ** 25)
+    assert (small.n_finite, large.n_finite, large.n_limit) == (500, 2000, 1000) and "1000 of 2000 limit" in large.note
+    assert large.se < 0.7 * small.se
+    truth = law_kl(A2, B2)
+    assert abs(large.value - truth) < 4 * large.se and abs(small.value - truth) < 4 * small.se
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda x, v, c: kl(x, x[::-1], "kde", grid_points=1), "grid_points"),
+    (lambda x, v, c: kl(x, x[::-1], "kde", grid_points=0), "grid_points"),
+    (lambda x, v, c: kl(x, x[::-1], "kde", grid_points=2.5), "grid_points"),
+    (lambda x, v, c: kl(x, x[::-1], "fftkde", grid_points=1), "grid_points"),
+    (lambda x, v, c: kl(x, x[::-1], "kde", bins=10), r"\['bins'\] do not apply to kde"),
+    (lambda x, v, c: kl(x, x[::-1], "knn", grid_points=10), r"\['grid_points'\] do not apply to knn"),
+    (lambda x, v, c: kl(x, x[::-1], "knn", k=-1), "option k"),
+    (lambda x, v, c: kl(x, x[::-1], "knn", k=len(x)), "option k"),
+    (lambda x, v, c: kl(x, x[:5], "knn", k=6), "option k"),
+    (lambda x, v, c: kl(x, x[::-1], "knn", k=1.5), "option k"),
+    (lambda x, v, c: kl(v, 1.01 * v, "mixture", bins=1), "option bins"),
+    (lambda x, v, c: kl(v, 1.01 * v, "mixture", bins=0), "option bins"),
+    (lambda x, v, c: kl(v, 1.01 * v, "mixture", bins=-3), "option bins"),
+    (lambda x, v, c: kl(v, 1.01 * v, "mixture", bins=100.5), "option bins"),
+    (lambda x, v, c: kl(v, 1.01 * v, "mixture", eval_components=4), r"\['eval_components'\] do not apply"),
+    (lambda x, v, c: kl(c, 1.01 * c, "mixture", density_components=0), "option density_components"),
+    (lambda x, v, c: kl(c, 1.01 * c, "mixture", density_components=1), "option density_components"),
+    (lambda x, v, c: kl(c, 1.01 * c, "mixture", eval_components=0), "option eval_components"),
+    (lambda x, v, c: kl(c, 1.01 * c, "coupled", eval_components=len(c)), "option eval_components"),
+    (lambda x, v, c: kl(c, 1.01 * c, "mixture", eval_components=100, density_components=len(c)),
+     "density_components"),
+    (lambda x, v, c: kl(c, 1.01 * c, "mixture", points=3), "option points"),
+    (lambda x, v, c: kl(c, 1.01 * c, "mixture", points=0), "option points"),
+    (lambda x, v, c: kl(c, 1.01 * c, "mixture", budget=0), "option budget"),
+    (lambda x, v, c: kl(c, 1.01 * c, "mixture", budget=math.nan), "option budget"),
+    (lambda x, v, c: kl(c, 1.01 * c, "mixture", budget=10), "option budget"),
+    (lambda x, v, c: kl(c, 1.01 * c, "mixture", seed=-1), "option seed"),
+    (lambda x, v, c: kl(c, 1.01 * c, "mixture", order=1), r"\['order'\] do not apply"),
+    (lambda x, v, c: kl(c, 1.01 * c, "coupled", bins=64), r"\['bins'\] do not apply"),
+    (lambda x, v, c: kl(c[:3], 1.01 * c[:3], "mixture"), "at least 4"),
+])
+def test_bad_options_are_refused_by_name(call, message):
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal(500)
+    variances = rng.chisquare(8, 400) / 8
+    covs = variances[:, None, None] * A2
+    with pytest.raises(netsor.ProgramError, match=message):
+        call(x, variances, covs)
+
+
+def test_knn_refuses_ties_and_resolves_continuous_samples():
+    rng = np.random.default_rng(13)
+    x, z = rng.standard_normal(4000), rng.standard_normal(4000)
+    for finite, limit in [(np.repeat(x[:2000], 2), z),  # duplicated draws
+                          (np.round(x, 1), z),  # discrete (rounded) draws
+                          (x, np.concatenate([z[:2000], x[:2000]])),  # draws shared between the samples
+                          (x, np.repeat(z[:2000], 2))]:  # duplicated limit draws
+        with pytest.raises(netsor.ProgramError, match="ties"):
+            kl(finite, limit, "knn")
+    # continuous samples: N(½, 1) against N(0, 1) (KL = 1/8) is resolved at its value; the same law is ~0
+    shifted = kl(x + 0.5, z, "knn", k=4)
+    assert abs(shifted.value - 0.125) < 4 * shifted.se + 0.02 and shifted.value > 4 * shifted.se
+    same = kl(x, z, "knn", k=4)
+    assert abs(same.value) < 4 * same.se + 0.02
+
+
+def test_no_estimate_is_nan_or_a_floor():
+    with pytest.raises(netsor.ProgramError, match="value must be a finite number"):
+        KLEstimate(math.nan, 1.0, "mixture", 10, 10)
+    with pytest.raises(netsor.ProgramError, match="se must be"):
+        KLEstimate(1.0, -1.0, "mixture", 10, 10)
+    rng = np.random.default_rng(14)
+    x, z = rng.standard_normal(2000), rng.standard_normal(2000)
+    # the finite sample far outside the limit's: kde's grid sees no finite mass (it returned nan)
+    with pytest.raises(netsor.ProgramError, match="vanishes"):
+        kl(x + 200, z, "kde")
+    # fftkde is the KL of the two KDEs; in heavy tails (t₃ against a normal sample) the FFT's values are
+    # round-off and a truncated kernel, and it gave 0.73 for 7.16: it must match the KDEs summed directly
+    t3 = rng.standard_t(3, 2000)
+    h = [_silverman(a) for a in (t3, z)]
+    grid = np.linspace(min(t3.min(), z.min()) - 6 * max(h), max(t3.max(), z.max()) + 6 * max(h), 4097)
+    log_p, log_q = (np.concatenate([logsumexp(-0.5 * ((g[:, None] - a[None]) / b) ** 2, axis=1) for g in
+                                    np.array_split(grid, 16)]) - math.log(len(a) * b * math.sqrt(2 * math.pi))
+                    for a, b in ((t3, h[0]), (z, h[1])))
+    direct = integrate.trapezoid(np.exp(log_p) * (log_p - log_q) - np.exp(log_p) + np.exp(log_q), grid)
+    assert kl(t3, z, "fftkde").value == pytest.approx(direct, rel=2e-3)
+    # non-finite components are refused, naming the argument
+    covs = np.broadcast_to(A2, (100, 2, 2)).copy()
+    bad = covs.copy()
+    bad[3, 0, 0] = math.inf
+    with pytest.raises(netsor.ProgramError, match="limit components contain NaN or inf"):
+        kl(covs, bad, "mixture")
+    means = np.zeros((100, 2))
+    means[5, 1] = math.nan
+    with pytest.raises(netsor.ProgramError, match="finite components contain NaN or inf"):
+        kl((means, covs), covs, "coupled")
+    with pytest.raises(netsor.ProgramError, match="limit samples contain NaN or inf"):
+        kl(x, np.append(z, math.inf), "kde")
+    # power: far-apart Gaussians as components have their closed form (≈ 3·10⁴), its SE a bound on rounding
+    far = kl((np.full((1, 2), 200.0), A2[None]), (np.zeros((1, 2)), A2[None]), "mixture")
+    assert far.value == pytest.approx(0.5 * 200.0 ** 2 * np.linalg.inv(A2).sum(), rel=1e-12) and far.se < 1e-9

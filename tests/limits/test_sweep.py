@@ -158,6 +158,24 @@ def test_dask_backend_equals_local(layer):
     (lambda L: kl_vs_width(L, widths=[16], size=1, progress=False), "size"),
     (lambda L: kl_vs_heads(heads=[1], outputs=[7], seq_len=3, **SMALL), "outputs"),
     (lambda L: kl_vs_heads(heads=[1], estimator="coupled", seq_len=3, **SMALL), "coupled"),
+    # issue 13 item 7: repeats, floats, bools and absurd counts are refused up front, naming the argument
+    (lambda L: kl_vs_width(L, widths=(16, 16), **SMALL), "widths repeat"),
+    (lambda L: kl_vs_width(L, widths=np.array([16, 16]), **SMALL), "widths repeat"),
+    (lambda L: kl_vs_heads(heads=(2, 2), seq_len=3, **SMALL), "heads repeat"),
+    (lambda L: kl_vs_heads(heads=[1], outputs=[0, 0], seq_len=3, **SMALL), "outputs repeat"),
+    (lambda L: kl_vs_width(L, widths=[2 ** 62 + 1], **SMALL), "widths must be at most 2\\^62"),
+    (lambda L: kl_vs_width(L, widths=16.0, **SMALL), "widths must be"),
+    (lambda L: kl_vs_width(L, widths=[16.0], **SMALL), "widths must be integers"),
+    (lambda L: kl_vs_width(L, widths=[True], **SMALL), "widths must be integers"),
+    (lambda L: kl_vs_width(L, widths="16", **SMALL), "widths must be"),
+    (lambda L: kl_vs_width(L, widths=np.array(16.0), **SMALL), "widths must be"),
+    (lambda L: kl_vs_width(L, widths=[16], seeds=2.0, **SMALL), "seeds"),
+    (lambda L: kl_vs_width(L, widths=[16], seeds=2 ** 30, **SMALL), "seeds must be a count in 1..2\\^20"),
+    (lambda L: kl_vs_width(L, widths=[16], size=3000.0, progress=False), "size"),
+    (lambda L: kl_vs_heads(heads=[1], width=[16], seq_len=3, **SMALL), "width must be a positive integer"),
+    (lambda L: kl_vs_width(L, widths=[16], client="tcp://127.0.0.1:1", **SMALL), "client is for backend 'dask'"),
+    (lambda L: kl_vs_width(L, widths=[16], out_dir="", **SMALL), "out_dir must be a folder"),
+    (lambda L: kl_vs_width(L, widths=[16], size=3000, progress="yes"), "progress"),
 ])
 def test_bad_sweep_arguments(layer, call, message):
     with pytest.raises(netsor.ProgramError, match=message):
@@ -264,3 +282,75 @@ def test_fit_rate_says_which_points_it_used():
     assert fit.exponent == pytest.approx(2.0, abs=0.05)
     assert fit.points.set_index("width")["used"].to_dict() == {16: True, 64: True, 256: True, 1024: True,
                                                                  math.inf: False}
+
+
+def test_numpy_integers_are_python_ints_in_the_store(layer, tmp_path, monkeypatch):
+    """np.int64 sizes, widths and seeds (and arrays of them) are normalised at the boundary: the JSON store takes
+    them, and a rerun with plain ints is the same sweep (nothing recomputed)."""
+    first = kl_vs_width(layer, widths=np.array([16, 32]), size=np.int64(3000), seeds=np.int64(1), out_dir=tmp_path,
+                        progress=False)
+    assert first["width"].tolist() == [16, 32] and first["n_samples"].tolist() == [3000, 3000]
+    calls = []
+    original = sweep.run_task
+    monkeypatch.setattr(sweep, "run_task", lambda task: calls.append(task.key) or original(task))
+    again = kl_vs_width(layer, widths=[16, 32], size=3000, seeds=1, out_dir=tmp_path, progress=False)
+    assert calls == [] and len(list(tmp_path.glob("tasks-*"))) == 1
+    pd.testing.assert_frame_equal(first, again)
+    heads = kl_vs_heads(heads=np.array([1]), width=np.int64(16), outputs=np.array([0]), seq_len=3,
+                        inputs="gaussian", seeds=[np.int64(2)], out_dir=tmp_path, **SMALL)
+    assert heads[["heads", "width", "seed"]].values.tolist() == [[1, 16, 2]]
+
+
+def test_a_store_that_cannot_be_written_is_a_program_error(layer, tmp_path):
+    (tmp_path / "kl_vs_width.csv").mkdir()  # the table's file name is taken by a folder
+    with pytest.raises(netsor.ProgramError, match="out_dir .*: cannot write kl_vs_width.csv"):
+        kl_vs_width(layer, widths=[16], out_dir=tmp_path, **SMALL)
+    assert not list(tmp_path.glob("tasks-*/*.tmp"))
+
+
+def test_unreachable_scheduler_is_a_program_error_naming_client(layer, monkeypatch):
+    pytest.importorskip("dask.distributed")
+    monkeypatch.setattr(sweep, "CONNECT_TIMEOUT", 1)
+    with pytest.raises(netsor.ProgramError, match=r"client tcp://127.0.0.1:1: cannot connect \(.*after 1 s\)$"):
+        kl_vs_width(layer, widths=[16], backend="dask", client="tcp://127.0.0.1:1", **SMALL)
+
+
+def test_dask_from_a_starting_worker_says_to_guard_the_script(layer, monkeypatch):
+    """A script without `if __name__ == "__main__":` re-runs in each spawned worker while it starts; the call there
+    is refused with the hint (and so is a local cluster that fails to start, in the parent)."""
+    pytest.importorskip("dask.distributed")
+    import multiprocessing
+
+    import dask.distributed
+
+    monkeypatch.setattr(multiprocessing.current_process(), "_inheriting", True, raising=False)
+    with pytest.raises(netsor.ProgramError, match='if __name__ == "__main__":'):
+        kl_vs_width(layer, widths=[16], backend="dask", **SMALL)
+    monkeypatch.undo()
+
+    def nanny_fails(*args, **kwargs):
+        raise RuntimeError("Nanny failed to start.")
+
+    monkeypatch.setattr(dask.distributed, "LocalCluster", nanny_fails)
+    with pytest.raises(netsor.ProgramError, match=r"the local cluster did not start \(RuntimeError: Nanny failed to "
+                                                  r'start.\); if it was called from .*`if __name__ == "__main__":`'):
+        kl_vs_heads(heads=[1], seq_len=3, backend="dask", **SMALL)
+
+
+def test_own_cluster_workers_start_with_ctrl_c_ignored(layer, monkeypatch):
+    """A terminal's Ctrl-C reaches the workers too: they start with SIGINT ignored (and print no tracebacks), and the
+    sweep's process gets its handler back, also when the cluster fails to start."""
+    pytest.importorskip("dask.distributed")
+    import dask.distributed
+
+    seen = []
+
+    def records_sigint(*args, **kwargs):
+        seen.append(signal.getsignal(signal.SIGINT))
+        raise OSError("no ports left")
+
+    monkeypatch.setattr(dask.distributed, "LocalCluster", records_sigint)
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(netsor.ProgramError, match=r"did not start \(OSError: no ports left\)"):
+        kl_vs_width(layer, widths=[16], backend="dask", **SMALL)
+    assert seen == [signal.SIG_IGN] and signal.getsignal(signal.SIGINT) is before

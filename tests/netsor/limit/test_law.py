@@ -246,3 +246,16 @@ def test_law_methods_refuse_what_they_cannot_answer():
             call()
         assert "\n" not in str(info.value), message
     assert np.isfinite(law.cov([y], error=True, size=2)[1]).all()  # two draws: an (honest, large) SE
+
+
+def test_a_per_sample_integral_that_cancels_to_zero_is_resolved_not_refused():
+    """E[tanh(g) v | p] = 0 exactly: its rounding error is judged against E|·|, not against the zero itself (it
+    was refused, 'error 1.5e-17 on -2.7e-19'); Cov(m x) = E[m²] = 0 then follows."""
+    prog = netsor.Program()
+    x, y = prog.inputs(["x", "y"])
+    q = prog.matrix("WQ") @ x
+    g = netsor.lincomb(netsor.softmax([netsor.dot(q, y), netsor.dot(q, x)]), [x, y])
+    h = netsor.nonlin(lambda u, v: np.tanh(u) * v, g, prog.matrix("W") @ y)
+    z = netsor.lincomb([netsor.moment("identity", h, name="m")], [x], name="z")
+    cov, se = netsor.limit(prog).cov([z], error=True, size=4000, seed=0)
+    assert abs(cov[0, 0]) < 1e-12 and se[0, 0] < 1e-12
