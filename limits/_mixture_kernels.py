@@ -109,20 +109,3 @@ def mixture_influence(points, coef, log_f, means, inv_chol, log_norm):
             acc += coef[q] * np.exp(_log_phi(points, q, means, inv_chol, log_norm, m, diff) - log_f[q])
         out[m] = acc
     return out
-
-
-@njit(cache=True, parallel=True)
-def pair_influence(points, coef, log_f, log_g, means_a, inv_a, norm_a, means_b, inv_b, norm_b):
-    """Σ_q coef_q [φ_m(y_q) / f(y_q) − φ'_m(y_q) / g(y_q)] for each pair m (f, g the mixtures of the φ_m, φ'_m)."""
-    Q, k = points.shape
-    M = means_a.shape[0]
-    out = np.empty(M)
-    for m in prange(M):
-        diff = np.empty(k)
-        acc = 0.0
-        for q in range(Q):
-            a = _log_phi(points, q, means_a, inv_a, norm_a, m, diff) - log_f[q]
-            b = _log_phi(points, q, means_b, inv_b, norm_b, m, diff) - log_g[q]
-            acc += coef[q] * (np.exp(a) - np.exp(b))
-        out[m] = acc
-    return out

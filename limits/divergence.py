@@ -49,7 +49,7 @@ from scipy.stats import qmc
 
 from netsor import CoupledDraws, GaussianLaw, ProgramError
 
-from ._mixture_kernels import mixture_influence, mixture_log_density, pair_influence, paired_log_density
+from ._mixture_kernels import mixture_influence, mixture_log_density, paired_log_density
 
 SAMPLE_METHODS = ("kde", "fftkde", "knn")
 COMPONENT_METHODS = ("mixture", "coupled")
@@ -59,6 +59,7 @@ OPTIONS = {"kde": ("grid_points",), "fftkde": ("grid_points",), "knn": ("k",), "
            "mixture joint": ("eval_components", "density_components", "points", "budget", "seed")}
 # Component evaluations (point × component pairs) the joint estimator may spend by default: a few seconds on 2 cores.
 JOINT_BUDGET = 1 << 28
+MAX_LOG_VARIANCE_RANGE = 60.0  # 1-D mixture: largest over smallest component variance at most e^60 (KL ≳ 30 beyond)
 INFLUENCE_COMPONENTS = 2048  # density components whose influence is evaluated to estimate its variance
 _STREAM = 0x4B4C  # spawn key of the joint estimator's draws ("KL")
 
@@ -264,7 +265,7 @@ def _components(x, name: str) -> tuple[np.ndarray, np.ndarray]:
         raise ProgramError(f"kl: {name} components have a non-positive variance: the variable is not Gaussian given "
                            "what was conditioned on, so this law has no mixture form here; use a sample-based "
                            "estimator (kde, fftkde, knn)")
-    scale = np.sqrt(diag[:, :, None] * diag[:, None, :])
+    scale = np.sqrt(diag[:, :, None]) * np.sqrt(diag[:, None, :])  # a product of roots: no overflow at 1e300
     if np.any(np.abs(covs - covs.transpose(0, 2, 1)) > 1e-8 * scale):
         raise ProgramError(f"kl: {name} covariances are not symmetric")
     return means, covs
@@ -372,6 +373,9 @@ def _node_weights(left, frac, bins: int) -> np.ndarray:
 def _mixture_1d(var_n, var_l, paired: bool, bins: int = 2048):
     un, ul = np.log(var_n), np.log(var_l)
     lo, hi = min(un.min(), ul.min()), max(un.max(), ul.max())
+    if hi - lo > MAX_LOG_VARIANCE_RANGE:  # the grid grows with the range; such laws are not close in any sense
+        raise ProgramError(f"kl: the component variances span a factor e^{hi - lo:.0f} (at most "
+                           f"e^{MAX_LOG_VARIANCE_RANGE:g}): the laws are far apart and the mixture grid is not built")
     bins = 1 if hi - lo < 1e-12 else int(bins)
     step = (hi - lo) / (bins - 1) if bins > 1 else 1.0
     nodes = lo + step * np.arange(bins)
@@ -486,7 +490,9 @@ def _mixture_joint(mn, cn, ml, cl, paired: bool, eval_components=None, density_c
         # its size: the estimated bias, or ½ Var(f̂_n/f_n − f̂_∞/f_∞) (the bias at equal draws) where that is larger
         bias_err = max(abs(b1.mean() + b2.mean()), np.mean((v_n + v_l) / 2 - c))
         coef = np.concatenate([np.full(Q, 1.0 / Q), -r / Q])  # ∂ estimate / ∂ log f̂_n (= −∂ / ∂ log f̂_∞)
-        influence = pair_influence(Y, coef, log_fn, log_fl, *(a[S] for a in comp_n), *(a[S] for a in comp_l))
+        # a pair's influence: its finite member's through f̂_n minus its limit member's through f̂_∞
+        influence = (mixture_influence(Y, coef, log_fn, *(a[S] for a in comp_n))
+                     - mixture_influence(Y, coef, log_fl, *(a[S] for a in comp_l)))
         var_density = np.var(influence, ddof=1) / D
     else:
         Y = draws(mn, Ln)

@@ -10,6 +10,7 @@ computes only what is missing, so an interrupted sweep loses nothing that had fi
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import math
 import multiprocessing
@@ -140,6 +141,10 @@ def kl_vs_width(layer_or_program, variables=None, widths=(16, 64, 256, 1024), si
     size, estimator, seeds = _size(size), _estimator(estimator), _seeds(seeds)
     if reference is not None and not isinstance(reference, GaussianLaw):
         raise ProgramError(f"kl_vs_width: reference must be a netsor GaussianLaw, got {type(reference).__name__}")
+    if reference is not None and len(reference.variables) != len(variables):
+        raise ProgramError(f"kl_vs_width: reference is over {len(reference.variables)} variables "
+                           f"({', '.join(v.name for v in reference.variables)}), the comparison over "
+                           f"{len(variables)} ({', '.join(v.name for v in variables)})")
     tasks = [KLTask(program, variables, w, s, size, estimator, _options(estimator_options), reference)
              for w in widths for s in seeds]
     # the store keys tasks by the program's content, never by how it prints (two programs can print alike)
@@ -159,6 +164,7 @@ def kl_vs_heads(heads=(1, 2, 4, 8, 16), width: int | None = None, outputs=(0,), 
     → DataFrame with a `heads` column first, then the columns of `kl_vs_width`."""
     if "heads" in layer_options:
         raise ProgramError("kl_vs_heads: pass the head counts as `heads`")
+    _builder_options(attention_layer, layer_options, "kl_vs_heads")
     _execution(backend, client, out_dir, progress)
     heads = _positive_ints(heads, "heads")
     size, estimator, seeds = _size(size), _estimator(estimator), _seeds(seeds)
@@ -206,6 +212,7 @@ def kernel_vs_heads(heads=(1, 2, 4, 8, 16, 32, 64), depth: int = 4, size: int = 
     size = _size(size)
     if "heads" in transformer_options:
         raise ProgramError("kernel_vs_heads: pass the head counts as `heads`")
+    _builder_options(transformer, dict(transformer_options, depth=depth), "kernel_vs_heads")
     model = transformer(depth=depth, heads=1, **transformer_options)
     rows = []
     for seed in _seeds(seeds):
@@ -241,7 +248,13 @@ class RateFit:
     value: str = "kl"
 
     def predict(self, x) -> np.ndarray:
-        return np.exp(self.intercept) * np.asarray(x, dtype=float) ** (-self.exponent)
+        try:
+            x = np.asarray(x, dtype=float)
+        except (TypeError, ValueError):
+            raise ProgramError(f"predict: x must be positive numbers, got {x!r}") from None
+        if not np.all(x > 0):
+            raise ProgramError(f"predict: x must be positive numbers (a log–log fit), got {x!r}")
+        return np.exp(self.intercept) * x ** (-self.exponent)
 
     def __str__(self) -> str:
         used = int(self.points["used"].sum())
@@ -270,8 +283,9 @@ def summarize(df: pd.DataFrame, against: str = "width", min_snr: float = 3.0, va
         raise ProgramError(f"{against} must be positive (log–log fit), got rows at {where(~(xs > 0))}")
     if np.any(~np.isfinite(values)):
         raise ProgramError(f"{value} is not a finite number at {where(~np.isfinite(values))}: not a measurement")
-    if np.any(ses < 0):
-        raise ProgramError(f"{se} is negative at {where(ses < 0)}")
+    if np.any(ses < 0) or np.any(np.isinf(ses)):  # NaN is allowed: kde defines no SE (the seeds' spread serves)
+        bad = (ses < 0) | np.isinf(ses)
+        raise ProgramError(f"{se} is negative or infinite at {where(bad)}")
     points = []
     for x, group in df.groupby(against):
         count = len(group)
@@ -556,6 +570,13 @@ def _target(layer_or_program, variables, where: str):
             raise ProgramError(f"{where}: name the variables to compare (a Program has no default output)")
         variables = default
     return program, tuple(program.resolve(variables, where))
+
+
+def _builder_options(builder, options: dict, where: str) -> None:
+    """Options passed through to a builder must be its parameters (a misspelt one is refused, not a TypeError)."""
+    unknown = sorted(set(options) - set(inspect.signature(builder).parameters))
+    if unknown:
+        raise ProgramError(f"{where}: {builder.__name__} takes no option {', '.join(unknown)}")
 
 
 def _ints(values, name: str) -> list[int]:

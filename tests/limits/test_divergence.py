@@ -305,3 +305,11 @@ def test_no_estimate_is_nan_or_a_floor():
     # power: far-apart Gaussians as components have their closed form (≈ 3·10⁴), its SE a bound on rounding
     far = kl((np.full((1, 2), 200.0), A2[None]), (np.zeros((1, 2)), A2[None]), "mixture")
     assert far.value == pytest.approx(0.5 * 200.0 ** 2 * np.linalg.inv(A2).sum(), rel=1e-12) and far.se < 1e-9
+
+
+def test_far_apart_variances_are_refused_at_once():
+    """Component variances 1e-300 against 1 made the 1-D grid grow without bound (the call never returned)."""
+    for v in (1e-300, 1e300):
+        with pytest.raises(netsor.ProgramError, match=r"^kl: the component variances span a factor e\^691"):
+            kl(np.full(10, v), np.ones(10), method="mixture")
+    assert kl(np.full(10, 1e-6), np.ones(10), method="mixture").value > 5  # e^14 apart: still estimated

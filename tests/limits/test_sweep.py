@@ -354,3 +354,17 @@ def test_own_cluster_workers_start_with_ctrl_c_ignored(layer, monkeypatch):
     with pytest.raises(netsor.ProgramError, match=r"did not start \(OSError: no ports left\)"):
         kl_vs_width(layer, widths=[16], backend="dask", **SMALL)
     assert seen == [signal.SIG_IGN] and signal.getsignal(signal.SIGINT) is before
+
+
+def test_pass_through_options_and_fits_are_checked():
+    with pytest.raises(netsor.ProgramError, match=r"^kl_vs_heads: attention_layer takes no option bogus"):
+        sweep.kl_vs_heads(bogus=1)
+    with pytest.raises(netsor.ProgramError, match=r"^kernel_vs_heads: transformer takes no option bogus"):
+        sweep.kernel_vs_heads(bogus=1)
+    df = pd.DataFrame({"width": [16, 64, 256], "kl": [1e-2, 1e-3, 1e-4], "se": [1e-4, 1e-5, np.inf]})
+    with pytest.raises(netsor.ProgramError, match=r"se is negative or infinite at width = 256"):
+        sweep.fit_rate(df)
+    fit = sweep.fit_rate(df.assign(se=[1e-4, 1e-5, 1e-6]))
+    assert fit.exponent == pytest.approx(np.log(10) / np.log(4), rel=1e-6)
+    with pytest.raises(netsor.ProgramError, match=r"^predict: x must be positive numbers"):
+        fit.predict("a")

@@ -185,12 +185,7 @@ def test_infinite_head_sum_is_checked_where_it_is_built():
 
 def test_infinite_head_sum_law_is_the_clt_limit_of_one_head():
     """Σ_h over heads of p·W_V x / sqrt(H): N(0, E[p²] E[(W_V x)²]) = N(0, 1), independent of the head's own p."""
-    prog = netsor.Program()
-    x1, x2 = prog.inputs(["x1", "x2"])
-    WQ, WK, WV = (prog.matrix(n) for n in ("WQ", "WK", "WV"))
-    p = netsor.dot(WQ @ x1, WK @ x2, name="p")
-    v = netsor.lincomb([p], [WV @ x1], name="v")
-    (y,) = netsor.infinite_head_sum([v], [WQ, WK, WV], names=["y"])
+    prog, p, v, y = _one_head_summed(("WQ", "WK", "WV"))
     law = netsor.limit(prog)
     draws = law.sample([y, p, v], 400_000, seed=1)
     se = 1 / np.sqrt(len(draws))
@@ -200,33 +195,16 @@ def test_infinite_head_sum_law_is_the_clt_limit_of_one_head():
     assert abs(np.mean(draws[:, 2] ** 4) - 3) > 5  # power: one head's v (product normal, E[v⁴] = 9) is not Gaussian
     cov, err = law.cov([y, p], error=True, size=50_000, seed=2)
     np.testing.assert_allclose(cov, np.eye(2), atol=5 * err.max() + 1e-12)
-    assert netsor.fingerprint(prog) != netsor.fingerprint(_same_with_fewer_per_head())
+    assert netsor.fingerprint(prog) != netsor.fingerprint(_one_head_summed(("WK", "WV"))[0])  # per-head set counts
     assert "Infinite head sums" in law.describe([y])
 
 
-def _same_with_fewer_per_head():
+def _one_head_summed(per_head):
+    """v = p · W_V x1 with p = W_Q x1 · W_K x2 / sqrt(n), and y its infinite head sum over the matrices named."""
     prog = netsor.Program()
     x1, x2 = prog.inputs(["x1", "x2"])
     WQ, WK, WV = (prog.matrix(n) for n in ("WQ", "WK", "WV"))
     p = netsor.dot(WQ @ x1, WK @ x2, name="p")
     v = netsor.lincomb([p], [WV @ x1], name="v")
-    netsor.infinite_head_sum([v], [WK, WV], names=["y"])
-    return prog
-
-
-def test_builders_refuse_bad_arguments_in_one_line():
-    import sympy
-    a, b = sympy.symbols("a b")
-    prog = netsor.Program()
-    x = prog.input("x")
-    for call, message in [
-        (lambda: prog.inputs(1.5), r"^inputs: give a count \(a positive integer\) or names"),
-        (lambda: prog.inputs(None), r"^inputs: give a count"),
-        (lambda: prog.input("big", dim=2 ** 63), r"positive integer up to 1e\+06"),
-        (lambda: prog.matrix("M", shape=(2 ** 63, "n")), r"^matrix 'M': .*up to 1e\+06"),
-        (lambda: netsor.from_sympy(a * b, [a]), r"^from_sympy: a\*b has symbols b that are not among"),
-        (lambda: prog.resolve(7), r"^variables: expected variables of program"),
-    ]:
-        with pytest.raises(ProgramError, match=message):
-            call()
-    assert prog.resolve([x]) == [x]
+    (y,) = netsor.infinite_head_sum([v], [prog[name] for name in per_head], names=["y"])
+    return prog, p, v, y
