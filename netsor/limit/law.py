@@ -128,7 +128,7 @@ class Law:
         if not isinstance(error, (bool, np.bool_)):
             raise ProgramError(f"error must be True or False, got {error!r}")
         nodes = self._resolve(variables)
-        size = check_size(size, "size", floats_per_item=len(nodes) * (len(nodes) + 1))  # what MC keeps per sample
+        size = check_size(size, "size")
         if size < 2:
             raise ProgramError(f"size = {size}: a Monte Carlo estimate and its SE need at least 2 draws")
         seed_sequence(seed)  # checked even where the moments are exact
@@ -153,6 +153,7 @@ class Law:
             coarse = pick(*(a[0] for a in self._first_and_second(self._coarse, nodes)))
             return fine, 2 * np.abs(fine - coarse) + 1e-14 * np.abs(fine)
         # Monte Carlo over the random scalars of the conditional moments; SE from the influence function
+        check_size(size, "size", floats_per_item=len(nodes) * (len(nodes) + 1))  # what it keeps per sample
         def work(env, calc, rng):
             # the result is linear in each sample's conditional moments: integrals without a closed form may be
             # unbiased inner Monte Carlo estimates, whose noise the influence-function SE below includes

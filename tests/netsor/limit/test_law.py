@@ -259,3 +259,10 @@ def test_a_per_sample_integral_that_cancels_to_zero_is_resolved_not_refused():
     z = netsor.lincomb([netsor.moment("identity", h, name="m")], [x], name="z")
     cov, se = netsor.limit(prog).cov([z], error=True, size=4000, seed=0)
     assert abs(cov[0, 0]) < 1e-12 and se[0, 0] < 1e-12
+
+
+def test_exact_moments_of_many_variables_are_not_bounded_by_a_monte_carlo_size():
+    """The result-size bound counts what Monte Carlo keeps per draw; an exact kernel of 300 inputs uses no draws."""
+    prog = netsor.Program()
+    xs = prog.inputs(300)
+    np.testing.assert_array_equal(netsor.limit(prog).cov(list(xs)), np.eye(300))
