@@ -51,6 +51,15 @@ def mixture_log_density(points, means, inv_chol, log_norm):
     return log_f, log_sq
 
 
+@njit(cache=True, inline="always")
+def _raise_top(x, top, total, total_sq, cross):
+    """A streaming log-sum-exp's running sums rescaled to a new maximum x (unchanged when x ≤ top)."""
+    if not x > top:  # as `if a > ta` before: a NaN leaves the sums as they are
+        return top, total, total_sq, cross
+    scale = np.exp(top - x)
+    return x, total * scale, total_sq * scale * scale, cross * scale
+
+
 @njit(cache=True, parallel=True)
 def paired_log_density(points, means_a, inv_a, norm_a, means_b, inv_b, norm_b):
     """For M pairs (φ_m, φ'_m): (log f, log f', log mean φ², log mean φ'², log mean φφ') at points (Q, k)."""
@@ -69,18 +78,8 @@ def paired_log_density(points, means_a, inv_a, norm_a, means_b, inv_b, norm_b):
         for m in range(M):
             a = _log_phi(points, q, means_a, inv_a, norm_a, m, diff)
             b = _log_phi(points, q, means_b, inv_b, norm_b, m, diff)
-            if a > ta:
-                scale = np.exp(ta - a)
-                sa *= scale
-                qa *= scale * scale
-                ab *= scale
-                ta = a
-            if b > tb:
-                scale = np.exp(tb - b)
-                sb *= scale
-                qb *= scale * scale
-                ab *= scale
-                tb = b
+            ta, sa, qa, ab = _raise_top(a, ta, sa, qa, ab)
+            tb, sb, qb, ab = _raise_top(b, tb, sb, qb, ab)
             ea = np.exp(a - ta)
             eb = np.exp(b - tb)
             sa += ea

@@ -190,6 +190,25 @@ class HeadGroup:
     per_head: tuple
 
 
+# The kinds of node the limit treats specially, by their syntax alone (netsor.limit.structure uses them, and
+# infinite_head_sum below): G-vars, and the two sources of randomness that survive n → ∞.
+def is_gvar(node: Node) -> bool:
+    return isinstance(node, (Input, MatMul))
+
+
+def is_sqrt_dot(node: Node) -> bool:
+    return isinstance(node, Dot) and node.exponent == 0.5 and node.args[0].dim == WIDTH
+
+
+def is_row_gvar(node: Node) -> bool:
+    """A G-var of fixed dimension N: its N iid rows are sampled."""
+    return is_gvar(node) and node.dim != WIDTH
+
+
+def is_source(node: Node) -> bool:
+    return is_sqrt_dot(node) or is_row_gvar(node)
+
+
 def _lincomb_text(coeffs, args) -> str:
     terms = []
     for c, v in zip(coeffs, args):
@@ -592,9 +611,7 @@ def infinite_head_sum(vectors, per_head, names=None) -> tuple[Vector, ...]:
     if nested is not None:
         raise ProgramError(f"{where}: {nested.name} is itself an infinite head sum; nested head sums are not covered")
     for node in ancestors:
-        random_source = (isinstance(node, Dot) and node.exponent == 0.5 and node.args[0].dim == WIDTH
-                         or isinstance(node, (Input, MatMul)) and node.dim != WIDTH)  # scores or sampled rows
-        if random_source and not any(a.index in fresh for a in prog.ancestors([node]) if isinstance(a, Matrix)):
+        if is_source(node) and not any(a.index in fresh for a in prog.ancestors([node]) if isinstance(a, Matrix)):
             raise ProgramError(f"{where}: the heads share the random {node.name} (it depends on no per-head "
                                f"matrix), so the sum is a mixture over it, not covered here")
     if isinstance(names, str) or names is not None and len(names) != len(vectors):

@@ -10,11 +10,11 @@ from ..compiled.linalg import quadratic_forms
 from ..errors import ProgramError
 from ..ir.nonlinearities import identity
 from ..ir.program import (WIDTH, Dot, Input, LinComb, MatMul, Matrix, Moment, Node, Nonlin, Scalar, ScalarFn,
-                          SoftmaxEntry, Vector)
+                          SoftmaxEntry, Vector, is_gvar, is_row_gvar)
 from ..ir.semantics import derived_value, scalar_function_value
 from .quadrature import (BATCHED_ORDERS, PER_SAMPLE_RTOL, batched_gaussian_expectation, gaussian_expectation,
                          monte_carlo_gaussian_expectation)
-from .structure import _Structure, is_gvar, is_row_gvar
+from .structure import _Structure
 
 
 class _Env:
@@ -57,21 +57,20 @@ class _Calculus:
         self._softmax: dict = {}
         self._inner = None  # (rng, draws) inside `inner_monte_carlo`
 
-    @contextmanager
     def inner_monte_carlo(self, rng, draws: int):
         """Within: per-sample Gaussian expectations that the result depends on linearly (atom products and means
         in a kernel or mean) are unbiased Monte Carlo averages over `draws` draws; their noise averages out over the
         samples and is part of the outer standard error. Whatever enters nonlinearly (scalars, closed-form rules,
         the Gaussian covariances integrated against) stays deterministic and accuracy-checked."""
-        self._inner = (rng, int(draws))
-        try:
-            yield
-        finally:
-            self._inner = None
+        return self._integrating((rng, int(draws)))
+
+    def _deterministic(self):
+        return self._integrating(None)
 
     @contextmanager
-    def _deterministic(self):
-        saved, self._inner = self._inner, None
+    def _integrating(self, inner):
+        """Per-sample integrals by inner Monte Carlo (rng, draws) or by checked rules (None), restored on exit."""
+        saved, self._inner = self._inner, inner
         try:
             yield
         finally:

@@ -24,13 +24,13 @@ from scipy.special import logsumexp
 
 from ..compiled.linalg import sample_gaussian, semidefinite_cholesky
 from ..errors import ProgramError
-from ..ir.program import WIDTH, Dot, HeadSum, Program, Scalar, Vector
+from ..ir.program import WIDTH, Dot, HeadSum, Program, Scalar, Vector, is_row_gvar, is_source, is_sqrt_dot
 from ..parallel import map_blocks
 from ..random import check_size, seed_sequence, stream
 from .calculus import _Calculus, _Env
 from .gaussian import GaussianLaw
 from .quadrature import gaussian_factor
-from .structure import SAMPLE_BLOCK, _check_zero_kernel, _Structure, is_row_gvar, is_source, is_sqrt_dot
+from .structure import SAMPLE_BLOCK, _check_zero_kernel, _Structure
 from .symbolic import describe
 
 # Inner draws per sample of the random scalars for conditional integrals without a closed form, in Monte Carlo
@@ -174,13 +174,13 @@ class Law:
         k = len(nodes)
         is_mean = pick is _pick_mean
         value, se = (np.zeros(k), np.zeros(k)) if is_mean else (np.zeros((k, k)), np.zeros((k, k)))
-        others = [i for i, n in enumerate(nodes) if not isinstance(n, HeadSum)]
+        others, groups = _split_head_sums(nodes)
         if others:
             v, e = self._moments([nodes[i] for i in others], pick, True, size, seed)
             index = others if is_mean else np.ix_(others, others)
             value[index], se[index] = v, e
         if not is_mean:
-            for group, members in _head_groups(nodes).items():
+            for members in groups:
                 K, e = self.kernel([nodes[i].arg for i in members], error=True, size=size, seed=seed)
                 value[np.ix_(members, members)], se[np.ix_(members, members)] = K, e
         return (value, se) if error else value
@@ -330,10 +330,10 @@ class Law:
         independent."""
         root = seed_sequence(seed)
         out = np.empty((size, len(nodes)))
-        others = [i for i, n in enumerate(nodes) if not isinstance(n, HeadSum)]
+        others, groups = _split_head_sums(nodes)
         if others:
             out[:, others] = self.sample([nodes[i] for i in others], size, root, threads)
-        for position, members in enumerate(_head_groups(nodes).values()):
+        for position, members in enumerate(groups):
             out[:, members] = self._head_sum_draws(nodes, members, size, stream(root, HEAD_SUM_STREAM, position))
         return out
 
@@ -380,11 +380,11 @@ class Law:
         size = check_size(size, floats_per_item=len(nodes) * (len(nodes) + 1))
         if any(isinstance(n, HeadSum) for n in nodes):  # independent of the random scalars: N(0, K) given any
             means, covs = np.zeros((size, len(nodes))), np.zeros((size, len(nodes), len(nodes)))
-            others = [i for i, n in enumerate(nodes) if not isinstance(n, HeadSum)]
+            others, groups = _split_head_sums(nodes)
             if others:
                 m, c = self.conditional_moments([nodes[i] for i in others], size, seed)
                 means[:, others], covs[:, np.asarray(others)[:, None], others] = m, c
-            for members in _head_groups(nodes).values():
+            for members in groups:
                 factor = self._head_sum_factor(nodes, members)
                 covs[:, np.asarray(members)[:, None], members] = factor @ factor.T
             return means, covs
@@ -499,13 +499,16 @@ def _check_finite_draws(draws: np.ndarray, nodes) -> None:
         raise ProgramError(f"{node.name}: draws are not finite (a nonlinearity or scalar function returned NaN or inf)")
 
 
-def _head_groups(nodes) -> dict:
-    """Positions of the head sums among nodes, by their group (in order of first appearance)."""
-    groups: dict = {}
+def _split_head_sums(nodes) -> tuple[list[int], list[list[int]]]:
+    """Positions among nodes of the other nodes, and of the head sums by their group (in order of first
+    appearance): the two parts are independent in the limit."""
+    others, groups = [], {}
     for i, n in enumerate(nodes):
         if isinstance(n, HeadSum):
             groups.setdefault(id(n.group), []).append(i)
-    return groups
+        else:
+            others.append(i)
+    return others, list(groups.values())
 
 
 def _normals(rng, d: int, S: int) -> np.ndarray:

@@ -6,27 +6,10 @@ import numpy as np
 
 from ..errors import ProgramError
 from ..ir.program import (WIDTH, Dot, HeadSum, Input, LinComb, MatMul, Matrix, Moment, Node, Nonlin, Program,
-                          ScalarFn, SoftmaxEntry, Vector)
+                          ScalarFn, SoftmaxEntry, Vector, is_gvar, is_source)
 
 SAMPLE_BLOCK = 1 << 15  # samples per random stream; fixed so results do not depend on chunking or threads
 ZERO_KERNEL_RTOL = 1e-9
-
-
-def is_gvar(node: Node) -> bool:
-    return isinstance(node, (Input, MatMul))
-
-
-def is_sqrt_dot(node: Node) -> bool:
-    return isinstance(node, Dot) and node.exponent == 0.5 and node.args[0].dim == WIDTH
-
-
-def is_row_gvar(node: Node) -> bool:
-    """A G-var of fixed dimension N: its N iid rows are sampled."""
-    return is_gvar(node) and node.dim != WIDTH
-
-
-def is_source(node: Node) -> bool:
-    return is_sqrt_dot(node) or is_row_gvar(node)
 
 
 # --------------------------------------------------------------------------------------------------- structure
