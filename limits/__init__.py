@@ -15,11 +15,11 @@ _EXPORTS = {
     "RateFit": "sweep", "fit_rate": "sweep", "kernel_vs_heads": "sweep", "kl_vs_heads": "sweep",
     "kl_vs_width": "sweep",
 }
-_MODULES = ("divergence", "plot", "stack")
+_MODULES = ("divergence", "plot", "stack", "training")
 
 __all__ = ["AttentionLayer", "attention_layer", "Network", "mlp", "divergence", "kl", "KLEstimate",
            "kl_vs_width", "kl_vs_heads", "kernel_vs_heads", "fit_rate", "RateFit", "plot",
-           "Transformer", "transformer", "stack"]
+           "Transformer", "transformer", "stack", "training"]
 
 
 def __getattr__(name: str):

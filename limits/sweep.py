@@ -67,6 +67,10 @@ class KLTask:
         extra = "".join(f"-{k}{v}" for k, v in sorted((self.label or {}).items()))
         return f"{self.estimator}{extra}-w{self.width or 'inf'}-s{self.seed}"
 
+    def problem(self, row) -> str | None:
+        """What is wrong with a stored row for this task (None: it can be used)."""
+        return _row_problem(row, self)
+
 
 _LAWS: dict = {}  # per process: compiling a program's limit is paid once per sweep, not once per task
 
@@ -79,8 +83,11 @@ def _law(program: netsor.Program) -> netsor.Law:
     return law
 
 
-def run_task(task: KLTask) -> dict:
-    """Draw what `task.estimator` needs and estimate; returns one row of the tidy table."""
+def run_task(task) -> dict | list:
+    """Run one task: a KLTask draws what its estimator needs and estimates (one row of the tidy table); any other
+    task of the runner (e.g. `limits.training`'s) runs itself and returns its rows."""
+    if not isinstance(task, KLTask):
+        return task.run()
     start = time.perf_counter()
     ss = lambda *key: np.random.SeedSequence(task.seed, spawn_key=key)  # noqa: E731
     law = _law(task.program)
@@ -339,11 +346,15 @@ def fit_rate(df: pd.DataFrame, against: str = "width", min_snr: float = 3.0, lev
 
 
 # ---- execution
-def _run(tasks, config, backend, client, out_dir, progress, csv_name) -> pd.DataFrame:
+def _run(tasks, config, backend, client, out_dir, progress, csv_name, columns=COLUMNS, order=("width", "seed"),
+         desc: str = "KL tasks") -> pd.DataFrame:
+    """Run the tasks not already in out_dir's store (locally or on dask), saving each as it finishes → the table of
+    their rows (a task gives one row or a list of rows), columns = the tasks' labels then `columns`, sorted by the
+    labels then `order`. A task has a `key` (unique in the sweep) and `problem(row)` (why a stored row is unusable)."""
     store = _Store(out_dir, config) if out_dir is not None else None
     rows = {t.key: store.load(t) for t in tasks} if store else {}
     todo = [t for t in tasks if rows.get(t.key) is None]
-    bar = _progress_bar(len(tasks), len(tasks) - len(todo), progress)
+    bar = _progress_bar(len(tasks), len(tasks) - len(todo), progress, desc)
 
     def finished(task, row):
         rows[task.key] = row
@@ -361,9 +372,10 @@ def _run(tasks, config, backend, client, out_dir, progress, csv_name) -> pd.Data
     finally:
         if bar is not None:
             bar.close()
-    df = pd.DataFrame([rows[t.key] for t in tasks])
-    front = [c for c in df.columns if c not in COLUMNS]
-    df = df[front + COLUMNS].sort_values(front + ["width", "seed"], kind="stable").reset_index(drop=True)
+    flat = [row for t in tasks for row in (rows[t.key] if isinstance(rows[t.key], list) else [rows[t.key]])]
+    df = pd.DataFrame(flat)
+    front = [c for c in df.columns if c not in columns]
+    df = df[front + list(columns)].sort_values(front + list(order), kind="stable").reset_index(drop=True)
     if store:
         try:
             df.to_csv(store.path / csv_name, index=False)
@@ -478,7 +490,7 @@ class _Store:
         if not meta.exists():
             self._write(meta, json.dumps(config, indent=1))
 
-    def load(self, task: KLTask) -> dict | None:
+    def load(self, task) -> dict | list | None:
         """The stored row of a finished task, checked against the task; None (recompute, with a warning naming
         the file) for a missing, unreadable or mismatched file."""
         file = self.tasks / f"{task.key}.json"
@@ -486,7 +498,7 @@ class _Store:
             return None
         try:
             row = json.loads(file.read_text())
-            problem = _row_problem(row, task)
+            problem = task.problem(row)
         except (OSError, UnicodeDecodeError, ValueError) as e:
             problem = f"unreadable ({type(e).__name__}: {e})"
         if problem is None:
@@ -494,7 +506,7 @@ class _Store:
         warnings.warn(f"out_dir: {file} {problem}; recomputing that task", RuntimeWarning, stacklevel=3)
         return None
 
-    def save(self, key: str, row: dict) -> None:
+    def save(self, key: str, row: dict | list) -> None:
         self._write(self.tasks / f"{key}.json", json.dumps(row, default=float))
 
     def _write(self, path: Path, text: str) -> None:
@@ -545,11 +557,11 @@ def _write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def _progress_bar(total: int, done: int, progress):
+def _progress_bar(total: int, done: int, progress, desc: str = "KL tasks"):
     if progress is False or (progress is None and total - done < 2):
         return None
     from tqdm.auto import tqdm
-    return tqdm(total=total, initial=done, desc="KL tasks", unit="task")
+    return tqdm(total=total, initial=done, desc=desc, unit="task")
 
 
 # ---- argument checks

@@ -67,6 +67,25 @@ class Nonlinearity:
             return self.symbolic(*symbols)
         return sympy.Function(self.name)(*symbols)
 
+    def jax_function(self, where: str = "jax_function"):
+        """φ as a JAX function (for trainable models), lambdified from φ's sympy form — the same definition that
+        prints the law — and checked against φ's numpy function on a grid; ProgramError where φ has none."""
+        if self.symbolic is None:
+            raise ProgramError(f"{where}: nonlinearity {self.name} has no sympy form, so it has no JAX twin; "
+                               f"build it with netsor.from_sympy")
+        import jax
+        import jax.numpy as jnp
+        symbols = sympy.symbols(f"u0:{self.arity}")
+        fn = sympy.lambdify(symbols, self.expr(*symbols), modules=[{"erf": jax.scipy.special.erf}, "jax"])
+        probe = [np.linspace(-3.0, 3.0, 13) + 0.1 * i for i in range(self.arity)]
+        with jax.default_device(jax.devices("cpu")[0]):
+            twin = np.asarray(fn(*(jnp.asarray(u, dtype=jnp.float32) for u in probe)), dtype=float)
+        with np.errstate(all="ignore"):
+            reference = np.asarray(self.fn(*probe), dtype=float)
+        if twin.shape != reference.shape or not np.allclose(twin, reference, rtol=1e-5, atol=1e-5):
+            raise ProgramError(f"{where}: the JAX form of {self.name} disagrees with its numpy function")
+        return fn
+
     @property
     def parts(self) -> tuple:
         """φ = Σ_i a_i φ_i as pairs (a_i, φ_i) of nonlinearities with registered closed forms; (1, φ) itself."""
