@@ -1,6 +1,7 @@
 """limits: uses of the netsor language — builders (MLP, attention, transformer stacks), divergences between
 finite-width and limit laws, sweeps of KL against width or heads (local or Dask), plots and the `netsor-limits`
-command line. The module `limits.stack` holds the transformer; `limits.transformer` is its builder function.
+command line; `limits.training` (JAX + optax, the `train` extra) trains the same transformers in BCP24's
+parameterisations. The module `limits.stack` holds the transformer; `limits.transformer` is its builder function.
 
 SKI25, BCP24: the papers cited by short name in the docstrings (full references in the README, *References*,
 and in netsor's module docstring).

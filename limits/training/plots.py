@@ -29,9 +29,13 @@ def transfer(df: pd.DataFrame, vary: str = "N", path=None):
     import matplotlib.pyplot as plt
     _check(df, {vary, "lr", "final_loss", "parameterisation", "alpha_A", "data", "steps", "seed"}, "plots.transfer")
     panels = sorted(df.groupby(["parameterisation", "alpha_A"]).groups)
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
     optima = optimal_learning_rates(df, by=(vary, "alpha_A", "parameterisation"))
-    for ax, (p, a) in zip(axes[0], panels):
+    for ax, (p, a) in zip(axes.flat, panels):
         part = df[(df.parameterisation == p) & (df.alpha_A == a)]
         colours = plt.cm.viridis(np.linspace(0, 0.9, part[vary].nunique()))
         for colour, (v, group) in zip(colours, part.groupby(vary)):
@@ -44,8 +48,9 @@ def transfer(df: pd.DataFrame, vary: str = "N", path=None):
         ax.set_xscale("log")
         ax.set_xlabel("η₀")
         ax.set_title(f"{p}, α_A = {a:g}", fontsize=9)
-    axes[0][0].set_ylabel("final training loss")
-    axes[0][-1].legend(fontsize=7)
+    for row in axes:
+        row[0].set_ylabel("final training loss")
+    axes.flat[len(panels) - 1].legend(fontsize=7)
     fig.suptitle(_title(df, f"hyperparameter transfer in {vary}"), fontsize=10)
     fig.tight_layout()
     if path is not None:

@@ -12,7 +12,10 @@ loss at every step and, after training, on a fixed probe batch of the test set:
     kernel              the final stream's token kernel x_i·x_j/n on the first KERNEL_INPUTS probe inputs (and at
                         initialisation), for the convergence in H
 A run whose loss stops being finite is `diverged`: its losses are +inf and its measurements missing (<NA>), never
-NaN. The same code runs on CPU and GPU (float32 either way); results agree across devices to float32 rounding.
+NaN. The same code runs on CPU and GPU, in float32. On a GPU, JAX's default matmul precision is TF32 (~1e-3 relative
+per product), so GPU runs agree with CPU runs to that rounding as amplified by training (set JAX's
+`jax_default_matmul_precision` to "highest" for full float32 there, at a cost in speed); the committed GPU run used
+the default.
 """
 from __future__ import annotations
 

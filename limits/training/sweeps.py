@@ -10,8 +10,8 @@ the final stream's token kernels (`kernel`, `kernel_init`, JSON nested lists).
     (the same rows)          attention variance over heads vs N: `fit_rate(..., value="attention_variance")`
                              (BCP24 Fig. 2b: ≈ N⁻² at α_A = 1, ≈ flat at α_A = ½)
     heads_convergence        loss curves and kernels vs H at fixed N, against the largest H (`kernel_errors`)
-    depth_scaling            α_L ∈ {1, ½}: query/key movement vs L (BCP24 Fig. 5a: ∝ L^(−1/2) at α_L = ½ ... ),
-                             loss vs compute (`flops` = 6 · parameters · tokens seen)
+    depth_scaling            α_L ∈ {1, ½}: query/key movement vs L (BCP24 Fig. 5a: it vanishes ∝ L^(−1/2) at α_L = ½
+                             and stays O(1) at α_L = 1), loss vs compute (`flops` = 6 · parameters · tokens seen)
 """
 from __future__ import annotations
 

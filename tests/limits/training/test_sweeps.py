@@ -48,6 +48,15 @@ def test_a_sweep_is_tidy_resumable_and_validated(tmp_path, monkeypatch):
     assert len(curves) == 6 * 20 and curves.step.max() == 20
 
 
+def test_tasks_pickle_for_dask():
+    import pickle
+    from limits.training.sweeps import TrainTask
+    from limits.training import trainable
+    task = TrainTask(trainable(token_dim=4), DATA, (0.1,), (0,), 5, 8)
+    again = pickle.loads(pickle.dumps(task))
+    assert again.key == task.key and again.model == task.model and again.data == task.data
+
+
 def _table(optimum_of_n, noise=0.0, seeds=3, lrs=np.logspace(-3, 1, 9)):
     """Losses (log η₀ − log η*(N))² + 1 on a grid, plus seeded noise."""
     rng = np.random.default_rng(0)

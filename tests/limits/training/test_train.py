@@ -2,6 +2,7 @@
 and the coordinate check separates the mean-field parameterisations from the standard one."""
 import math
 
+import jax
 import numpy as np
 import pandas as pd
 import pytest
@@ -47,9 +48,11 @@ def test_runs_learn_and_diverged_runs_say_so(runs):
 def test_vectorised_runs_equal_single_runs(runs, model, data):
     single = train(model, data, [0.3], seeds=[1], steps=STEPS, curve_points=6)
     row = runs.frame[(runs.frame.lr == 0.3) & (runs.frame.seed == 1)].iloc[0]
-    # the same weights and batches; vmap only reorders float32 sums, whose rounding 60 steps amplify to ~1e-4
+    # the same weights and batches; vmap only reorders float32 sums, whose rounding 60 steps amplify to ~1e-4 on the
+    # CPU (on a GPU, JAX's default TF32 matmuls round at ~1e-3 per product, amplified alike)
+    rel = 2e-3 if jax.default_backend() == "cpu" else 5e-2
     for column in ("final_loss", "test_loss", "attention_variance", "qk_movement", "stream_change"):
-        assert single.frame[column].iloc[0] == pytest.approx(row[column], rel=2e-3), column
+        assert single.frame[column].iloc[0] == pytest.approx(row[column], rel=rel), column
 
 
 def test_seeds_differ_and_repeat(runs, model, data):
