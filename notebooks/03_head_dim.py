@@ -16,6 +16,10 @@
 # *fixed-N limit*); the Gaussian-score limit of SKI25 is its N → ∞ approximation. So KL(finite n ‖ fixed-N limit)
 # keeps falling with n, while KL(finite n ‖ Gaussian-score limit) levels off at KL(fixed-N limit ‖ Gaussian-score
 # limit), a gap that shrinks as heads are added (H = 1, 4, 16).
+#
+# Set NETSOR_FULL=1 for the recorded run (widths 64, 256, 1024; the committed figure). The default, which the test
+# suite runs, leaves out n = 256, which no assertion reads: every asserted number (n = 64 and 1024, 40,000 draws
+# per side; the seeds depend on n and H only) is the recorded run's.
 
 # %%
 import os
@@ -28,7 +32,8 @@ import netsor
 from limits import attention_layer, kl, plot
 
 FIGURES = Path(os.environ.get("NETSOR_FIGURES", "figures"))  # the tests write elsewhere
-HEAD_DIM, WIDTHS, SIZE = 64, [64, 256, 1024], 40_000
+FULL = os.environ.get("NETSOR_FULL") == "1"
+HEAD_DIM, WIDTHS, SIZE = 64, [64, 256, 1024] if FULL else [64, 1024], 40_000
 
 # %% [markdown]
 # ## The score law at N = 64: heavier tails than the Gaussian
