@@ -59,11 +59,11 @@ class Parameterisation:
         if self.optimizer not in OPTIMIZERS:
             raise ProgramError(f"parameterisation: optimizer must be one of {', '.join(OPTIMIZERS)}, "
                                f"got {self.optimizer!r}")
-        for name, lo, hi in (("gamma0", 0.0, math.inf), ("momentum", -1e-300, 1.0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not lo < value < hi:
-                raise ProgramError(f"parameterisation: {name} must be a number in ({max(lo, 0):g}, {hi:g}), "
-                                   f"got {value!r}")
+        g, mu = self.gamma0, self.momentum
+        if isinstance(g, bool) or not isinstance(g, numbers.Real) or not 0 < g < math.inf:
+            raise ProgramError(f"parameterisation: gamma0 must be a finite positive number, got {g!r}")
+        if isinstance(mu, bool) or not isinstance(mu, numbers.Real) or not 0 <= mu < 1:
+            raise ProgramError(f"parameterisation: momentum must be a number in [0, 1), got {mu!r}")
         if not isinstance(self.standard, bool):
             raise ProgramError(f"parameterisation: standard must be True or False, got {self.standard!r}")
 
