@@ -77,6 +77,8 @@ class TrainTask:
         """Why stored rows cannot stand for this task (None: they can)."""
         if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
             return "does not hold a list of rows"
+        if not all(isinstance(r.get("lr"), float) and type(r.get("seed")) is int for r in rows):
+            return "has a row without a learning rate or seed"
         expected = sorted((float(lr), int(s)) for lr in self.learning_rates for s in self.seeds)
         got = sorted((r.get("lr"), r.get("seed")) for r in rows)
         if got != expected:

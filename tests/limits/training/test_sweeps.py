@@ -55,6 +55,8 @@ def test_tasks_pickle_for_dask():
     task = TrainTask(trainable(token_dim=4), DATA, (0.1,), (0,), 5, 8)
     again = pickle.loads(pickle.dumps(task))
     assert again.key == task.key and again.model == task.model and again.data == task.data
+    for stored in ({}, [], [{"lr": None, "seed": 0}], [{"lr": 0.1, "seed": "0"}], [{"seed": 0}]):
+        assert task.problem(stored)  # damaged stores are named problems, never a crash
 
 
 def _table(optimum_of_n, noise=0.0, seeds=3, lrs=np.logspace(-3, 1, 9)):
