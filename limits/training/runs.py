@@ -32,6 +32,7 @@ import pandas as pd
 
 from netsor import ProgramError
 
+from ..sweep import _positive_ints, _seeds
 from .data import Dataset, TeacherTask
 from .model import TrainableTransformer
 
@@ -194,7 +195,7 @@ def train(model: TrainableTransformer, data, learning_rates, seeds=1, steps: int
         raise ProgramError(f"train: the data has tokens of dimension {data.token_dim} and {data.outputs} outputs, "
                            f"the model {model.token_dim} and {model.outputs}")
     lrs = _positive_numbers(learning_rates, "learning_rates")
-    seeds = _seed_list(seeds)
+    seeds = _seeds(seeds)
     steps, batch_size = _positive_int(steps, "steps"), _positive_int(batch_size, "batch_size")
     probe_size, curve_points = _positive_int(probe_size, "probe_size"), _positive_int(curve_points, "curve_points")
     if probe_size < KERNEL_INPUTS:
@@ -274,11 +275,6 @@ def _positive_numbers(values, name: str) -> list[float]:
     return out
 
 
-def _seed_list(seeds) -> list[int]:
-    from ..sweep import _seeds
-    return _seeds(seeds)
-
-
 def coord_check(parameterisation, head_dims=(16, 32, 64, 128), heads: int = 2, depth: int = 2, data=None,
                 learning_rate: float = 0.1, steps: int = 3, batch_size: int = 32, seeds=2,
                 **model_options) -> pd.DataFrame:
@@ -293,7 +289,7 @@ def coord_check(parameterisation, head_dims=(16, 32, 64, 128), heads: int = 2, d
         raise ProgramError(f"coord_check: data must be a Dataset or TeacherTask, got {type(data).__name__}")
     steps, batch_size = _positive_int(steps, "steps"), _positive_int(batch_size, "batch_size")
     lr = _positive_numbers([learning_rate], "learning_rate")[0]
-    seeds = _seed_list(seeds)
+    seeds = _seeds(seeds)
     loss = _loss_fn(data.task)
     arrays = _arrays(data)
     probe = arrays["test_x"][:batch_size]
@@ -326,10 +322,3 @@ def coord_check(parameterisation, head_dims=(16, 32, 64, 128), heads: int = 2, d
                                  stream_change=float(jnp.sqrt(jnp.mean((stream - inside0["stream"]) ** 2))),
                                  output_change=float(jnp.sqrt(jnp.mean(output(f, f0) ** 2)))))
     return pd.DataFrame(rows)
-
-
-def _positive_ints(values, name: str) -> list[int]:
-    values = list(np.atleast_1d(np.asarray(values, dtype=object)).ravel())
-    if not values:
-        raise ProgramError(f"{name} must be a non-empty list of positive integers")
-    return [_positive_int(v, name) for v in values]
