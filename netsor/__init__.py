@@ -10,7 +10,8 @@ Layout (each layer uses only the ones above it):
     netsor.limit                       the infinite-width semantics: structure, calculus, Law, GaussianLaw,
                                        quadrature, symbolic printing
     netsor.finite                      finite-width interpreters: dense, lazy, exact (plan, fronts, block, fused
-                                       linear kernel), coupled draws, the block runner, `simulate`
+                                       linear kernel), coupled draws, the block runner, `simulate`; the first
+                                       finite-width correction (`finite_width_correction`, the O(1/n) law)
     netsor.parallel                    the one block runner (thread pool, results in order)
     netsor.testing, netsor.quadrature  public helpers: covariance checks, Gaussian quadrature rules
 
@@ -24,6 +25,7 @@ References cited by short name in the docstrings (full list in the README, *Refe
 """
 from . import compiled, parallel, quadrature, random, testing
 from .errors import ProgramError
+from .finite.correction import FiniteWidthCorrection, finite_width_correction
 from .finite.coupled import CoupledDraws, simulate_coupled
 from .finite.dense import block_size as dense_block_size
 from .finite.runner import MAX_WIDTH
@@ -44,7 +46,7 @@ __all__ = [
     "ProgramError", "Program", "Node", "Vector", "Scalar", "Matrix", "Input", "MatMul", "Nonlin", "LinComb",
     "Moment", "Dot", "ScalarFn", "SoftmaxEntry", "HeadSum", "matmul", "nonlin", "lincomb", "moment", "dot",
     "scalar_fn", "softmax", "infinite_head_sum", "check_covariance", "fingerprint", "limit", "Law", "GaussianLaw",
-    "simulate", "simulate_with_moments", "MAX_WIDTH",
+    "simulate", "simulate_with_moments", "MAX_WIDTH", "finite_width_correction", "FiniteWidthCorrection",
     "simulate_coupled", "CoupledDraws", "dense_block_size", "Nonlinearity", "Clip", "LeakyRelu", "identity",
     "relu", "erf", "tanh", "gelu", "square", "clip", "leaky_relu", "from_sympy", "layernorm", "residual",
     "feedforward", "mean_pool",

@@ -72,7 +72,16 @@ def simulate_exact_block(plan: ExactPlan, width: int, targets, root, block: int,
             continue
         grams.append(_wishart(stream(root, block, 1, i), stream(root, block, 2, i), dof, len(cols), S,
                               None if plan.gram_only[i] else np.ascontiguousarray(b0[:, cols])))
-    steps = _Steps(plan, width, root, block, S, limit, front, grams)
+    return outputs_given_grams(plan, width, targets, root, block, S, limit, moments, b0, grams, front)
+
+
+def outputs_given_grams(plan: ExactPlan, width, targets, root, block: int, S: int, limit: bool, moments: bool,
+                        b0: np.ndarray, grams: list, front: dict | None = None):
+    """The targets of `S` networks given their basis row 0 `b0` (S, M), the Gram of each component (`grams`, as
+    `simulate_exact_block` draws them) and the explicit front values: the one evaluation of a reduced program,
+    shared by the sampler and the finite-width correction (`netsor.finite.correction`, which passes Grams of its
+    own at non-integer pseudo-widths). Returns out, or (out, mean, cov) with moments (see simulate_exact_block)."""
+    steps = _Steps(plan, width, root, block, S, limit, {} if front is None else front, grams)
     out = np.empty((S, len(targets)))
     for j, t in enumerate(targets):
         if isinstance(t, Scalar):
