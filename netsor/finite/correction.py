@@ -29,7 +29,7 @@ import numpy as np
 import sympy
 
 from ..errors import ProgramError
-from ..ir.program import WIDTH, Dot, HeadSum, Input, MatMul, Nonlin, Program, Scalar, Vector
+from ..ir.program import WIDTH, Dot, HeadSum, Input, MatMul, Nonlin, Program, Vector
 from ..limit.quadrature import gaussian_expectation, gaussian_factor
 from ..parallel import map_blocks
 from ..random import check_size, seed_sequence, stream
@@ -389,7 +389,8 @@ class FiniteWidthCorrection:
     """The O(1/n) correction of the law of `variables` (see `finite_width_correction`).
 
     cov, excess_kurtosis: C₁ and κ₁ (Cov_n = Cov_∞ + C₁/n + O(n⁻²), κ_n = κ_∞ + κ₁/n + O(n⁻²)), with standard
-    errors cov_se, excess_kurtosis_se (where `exact`, only the bound on the ε-differences' own error, ~1e-9); limit_cov, limit_excess_kurtosis the n → ∞ values,
+    errors cov_se, excess_kurtosis_se (where `exact`, only the bound on the ε-differences' own error);
+    limit_cov, limit_excess_kurtosis the n → ∞ values,
     and odd_cov the O(n^{-1/2}) coefficient of the covariance, zero in theory (a check, with odd_cov_se)."""
 
     variables: tuple
