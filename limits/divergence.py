@@ -48,6 +48,7 @@ from scipy.special import logsumexp, ndtri
 from scipy.stats import qmc
 
 from netsor import CoupledDraws, GaussianLaw, ProgramError
+from netsor.limit.quadrature import linear_binning as _linear_binning
 
 from ._mixture_kernels import mixture_influence, mixture_log_density, paired_log_density
 
@@ -354,15 +355,6 @@ def _knn(x, z, k: int):
 
 
 # ---- component-based estimators
-def _linear_binning(u: np.ndarray, lo: float, step: float, bins: int):
-    """Left node and fraction of each point on the node grid lo + step·j (cloud-in-cell weights)."""
-    if bins == 1:
-        return np.zeros(len(u), dtype=np.intp), np.zeros(len(u))
-    t = np.clip((u - lo) / step, 0, bins - 1)
-    left = np.minimum(t.astype(np.intp), bins - 2)
-    return left, t - left
-
-
 def _node_weights(left, frac, bins: int) -> np.ndarray:
     w = np.bincount(left, 1 - frac, minlength=bins)
     if bins > 1:

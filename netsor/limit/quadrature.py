@@ -40,6 +40,15 @@ def tensor_hermite_rule(order: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
     return grid, w
 
 
+def linear_binning(u: np.ndarray, lo: float, step: float, bins: int):
+    """Left node and fraction of each point on the node grid lo + step·j (cloud-in-cell weights)."""
+    if bins == 1:
+        return np.zeros(len(u), dtype=np.intp), np.zeros(len(u))
+    t = np.clip((u - lo) / step, 0, bins - 1)
+    left = np.minimum(t.astype(np.intp), bins - 2)
+    return left, t - left
+
+
 def gaussian_factor(cov: np.ndarray, rtol: float = RANK_RTOL) -> np.ndarray:
     """F with F Fᵀ = cov and F of full column rank (rank-revealing eigendecomposition; cov may be singular)."""
     cov = np.atleast_2d(np.asarray(cov, dtype=float))
