@@ -48,6 +48,7 @@ from scipy.special import logsumexp, ndtri
 from scipy.stats import qmc
 
 from netsor import CoupledDraws, GaussianLaw, ProgramError
+from netsor.limit.quadrature import half_line_rule
 from netsor.limit.quadrature import linear_binning as _linear_binning
 
 from ._mixture_kernels import mixture_influence, mixture_log_density, paired_log_density
@@ -374,15 +375,7 @@ def _mixture_1d(var_n, var_l, paired: bool, bins: int = 2048):
     (ln, fn), (ll, fl) = _linear_binning(un, lo, step, bins), _linear_binning(ul, lo, step, bins)
     wn, wl = _node_weights(ln, fn, bins), _node_weights(ll, fl, bins)
 
-    # Half-line grid y = e^v, Simpson in v (dy = y dv): resolves every component from 1e-4 σ_min to 14 σ_max.
-    v_lo, v_hi = lo / 2 + math.log(1e-4), hi / 2 + math.log(14.0)
-    G = max(2001, int((v_hi - v_lo) / 0.004) | 1)
-    v = np.linspace(v_lo, v_hi, G)
-    y = np.exp(v)
-    simpson = np.ones(G)
-    simpson[1:-1:2], simpson[2:-1:2] = 4.0, 2.0
-    dy = simpson * (v[1] - v[0]) / 3 * y
-    dy[0] += y[0]  # [0, y₀]: every density is flat there
+    y, dy = half_line_rule(lo, hi)  # the half line y = e^t, Simpson in t: every component resolved
 
     # (bins, G) arrays dominate the cost: each is built once, and temporaries are updated in place
     log_phi = -0.5 * y[None, :] ** 2 / np.exp(nodes)[:, None]

@@ -30,7 +30,7 @@ import sympy
 
 from ..errors import ProgramError
 from ..ir.program import WIDTH, Dot, HeadSum, Input, MatMul, Nonlin, Program, Vector
-from ..limit.quadrature import gaussian_expectation, gaussian_factor, linear_binning
+from ..limit.quadrature import gaussian_expectation, gaussian_factor, half_line_rule, linear_binning
 from ..parallel import map_blocks
 from ..random import check_size, seed_sequence, stream
 from .exact.block import outputs_given_grams
@@ -557,15 +557,7 @@ class FiniteWidthCorrection:
 
         fine, nodes = per_block(self._v[:, j])
         rough, rough_nodes = per_block(self._coarse[1][:, j])
-        t_lo = nodes.min() / 2 + math.log(1e-4)
-        t_hi = nodes.max() / 2 + math.log(14.0)
-        G = max(2001, int((t_hi - t_lo) / 0.004) | 1)
-        t = np.linspace(t_lo, t_hi, G)
-        y = np.exp(t)
-        weights = np.ones(G)
-        weights[1:-1:2], weights[2:-1:2] = 4.0, 2.0
-        dy = weights * (t[1] - t[0]) / 3 * y
-        dy[0] += y[0]
+        y, dy = half_line_rule(min(nodes.min(), rough_nodes.min()), max(nodes.max(), rough_nodes.max()))
 
         def basis(nodes):
             V = np.exp(nodes)[:, None]
