@@ -719,42 +719,47 @@ def finite_width_correction(program: Program, variables, size: int = 1 << 17, se
             means.append(mean)
             covs.append(cov)
         means, covs = np.array(means), np.array(covs)
-        return _series(means), _series(covs), _series(means, 2), _series(covs, 2)
+        diag = np.arange(k)
+        out = []
+        for points in (3, 2):  # the fine series, and its coarse twin
+            m, V = _series(means, points), _series(covs, points)
+            if not (np.all(np.isfinite(m)) and np.all(np.isfinite(V))):
+                raise ProgramError(f"{where}: the expansion is not finite for some draw (a variance or score that "
+                                   f"degenerates); the program is outside what the correction covers")
+            out.append((_block_sums(m, V), m, V[:, diag, diag]))  # only the diagonal is kept per draw
+        return out
 
     results = list(map_blocks(work, blocks, threads))
     owner = np.concatenate([np.full(S, i) for i, (_, S) in enumerate(blocks)])
-    fine = [np.concatenate([r[i] for r in results]) for i in range(2)]  # m (S, k, 3), V (S, k, k, 3)
-    coarse = [np.concatenate([r[i] for r in results]) for i in range(2, 4)]
-    for part in fine + coarse:
-        if not np.all(np.isfinite(part)):
-            raise ProgramError(f"{where}: the expansion is not finite for some draw (a variance or score that "
-                               f"degenerates); the program is outside what the correction covers")
-    full, ses = _aggregate(*fine, owner, len(blocks), cubature)
-    rough, _ = _aggregate(*coarse, owner, len(blocks), cubature)
+    counts = np.array([S for _, S in blocks], dtype=float)
+    fine, coarse = ([r[i] for r in results] for i in range(2))
+    full, ses = _aggregate([f[0] for f in fine], counts, cubature)
+    rough, _ = _aggregate([c[0] for c in coarse], counts, cubature)
     # the ε-differences' own error: the coarse (O(δ²)) twin's distance bounds the fine (O(δ⁴)) one's
     ses = [np.sqrt(se ** 2 + (f - r) ** 2) for se, f, r in zip(ses, full, rough)]
-    m, V = fine
-    diag = np.arange(k)
+    m, v = (np.concatenate([f[i] for f in fine]) for i in (1, 2))
+    coarse_m, coarse_v = (np.concatenate([c[i] for c in coarse]) for i in (1, 2))
     chain = _chain(program, targets[0]) if cubature and k == 1 and isinstance(targets[0], Vector) else None
     return FiniteWidthCorrection(
         variables=tuple(t.name for t in targets), size=int(len(m)), exact=cubature,
         limit_cov=full[0], limit_cov_se=ses[0], cov=full[1], cov_se=ses[1],
         limit_excess_kurtosis=full[2], excess_kurtosis=full[3], excess_kurtosis_se=ses[3],
         odd_cov=full[4], odd_cov_se=ses[4], chain=chain,
-        _m=m, _v=V[:, diag, diag], _blocks=owner, _coarse=(coarse[0], coarse[1][:, diag, diag]))
+        _m=m, _v=v, _blocks=owner, _coarse=(coarse_m, coarse_v))
 
 
-def _aggregate(m, V, owner, B: int, cubature: bool):
-    """The limit and O(1/n) coefficients of covariance and excess kurtosis (and the odd coefficient) from the
-    per-draw series, with jackknife standard errors over blocks (zero for the cubature)."""
-    k = m.shape[1]
-    counts = np.bincount(owner, minlength=B).astype(float)
+def _block_sums(m, V):
+    """Sums over a block's draws of the series of m, of V + m mᵀ and of each variable's raw moments."""
+    diag = np.arange(m.shape[1])
     second = V + _mul(m[:, :, None, :], m[:, None, :, :])
-    diag = np.arange(k)
-    raw = _raw_moments(m, V[:, diag, diag])
-    sums = [np.zeros((B,) + a.shape[1:]) for a in (m, second, raw)]
-    for total, a in zip(sums, (m, second, raw)):
-        np.add.at(total, owner, a)
+    return m.sum(0), second.sum(0), _raw_moments(m, V[:, diag, diag]).sum(0)
+
+
+def _aggregate(block_sums, counts, cubature: bool):
+    """The limit and O(1/n) coefficients of covariance and excess kurtosis (and the odd coefficient) from the
+    blocks' sums, with jackknife standard errors over blocks (zero for the cubature)."""
+    B = len(counts)
+    sums = [np.array([b[i] for b in block_sums]) for i in range(3)]
 
     def statistics(Sm, S2, SR, count):
         mean_m, mean_2, mean_r = Sm / count, S2 / count, SR / count
