@@ -607,9 +607,13 @@ class FiniteWidthCorrection:
             for name, expr in chain_formulas(*self.chain).items():
                 lines.append(f"  {name} = {sympy.latex(expr) if latex else sympy.sstr(expr)}")
         for j, name in enumerate(self.variables):
-            lines.append(f"  {name}: Var_∞ = {self.limit_cov[j, j]:.6g}, C₁ = {self.cov[j, j]:.6g} ± "
-                         f"{self.cov_se[j, j]:.2g}, κ_∞ = {self.limit_excess_kurtosis[j]:.6g}, κ₁ = "
-                         f"{self.excess_kurtosis[j]:.6g} ± {self.excess_kurtosis_se[j]:.2g}")
+            line = (f"  {name}: Var_∞ = {self.limit_cov[j, j]:.6g}, C₁ = {self.cov[j, j]:.6g} ± "
+                    f"{self.cov_se[j, j]:.2g}, κ_∞ = {self.limit_excess_kurtosis[j]:.6g}, κ₁ = "
+                    f"{self.excess_kurtosis[j]:.6g} ± {self.excess_kurtosis_se[j]:.2g}")
+            if np.all(self._v[:, j, 0] > 0.0):  # a Gaussian part: its KL constant
+                c, se = self.kl_constant(name)
+                line += f", KL ≈ c/n² with c = {c:.6g} ± {se:.2g}"
+            lines.append(line)
         return "\n".join(lines)
 
     def __str__(self) -> str:
