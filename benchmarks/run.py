@@ -21,11 +21,12 @@ import numba  # noqa: E402
 import numpy  # noqa: E402
 import scipy  # noqa: E402
 
-from benchmarks import attention, dense, exact, kl_sweep, lazy, nested_limit, training  # noqa: E402
+from benchmarks import attention, correction, dense, exact, kl_sweep, lazy, nested_limit, training  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 SUITES = {"dense": dense.run, "attention": attention.run, "exact": exact.run, "lazy": lazy.run,
-          "nested_limit": nested_limit.run, "kl_sweep": kl_sweep.run, "training": training.run}
+          "nested_limit": nested_limit.run, "kl_sweep": kl_sweep.run, "correction": correction.run,
+          "training": training.run}
 
 
 def machine() -> dict:

@@ -1,6 +1,7 @@
 """`netsor-limits`: the attention layer's limit from the command line.
 
     netsor-limits kl        KL(finite n ‖ limit) against width: table, CSV and figure in ./netsor-results/
+                            (--predict: with KL = c/n² from the first finite-width correction)
     netsor-limits sample    finite-width (--width) or limit draws of the outputs, as CSV
     netsor-limits describe  the limit law as formulas
 
@@ -15,6 +16,7 @@ import signal
 import sys
 
 DEFAULT_WIDTHS = (16, 64, 256, 1024, 4096)
+DEFAULT_PREDICT_SIZE = 1 << 15  # --predict: a KL constant to about 2% (Gaussian tokens) in a second or two
 MAX_SCORES = 1 << 20  # heads × seq_len² attention scores: a larger layer takes hours to derive, so it is a typo
 INTERRUPTED = "netsor-limits: interrupted"
 
@@ -126,6 +128,10 @@ def parser() -> argparse.ArgumentParser:
     kl.add_argument("--out", type=_folder, default="netsor-results",
                     help="output folder (default ./netsor-results)")
     kl.add_argument("--no-progress", action="store_true", help="no progress bar")
+    kl.add_argument("--predict", action="store_true",
+                    help="also compute KL = c/n² from the first finite-width correction and compare")
+    kl.add_argument("--predict-size", type=_positive(), default=None,
+                    help=f"draws of the limit's randomness for --predict (default {DEFAULT_PREDICT_SIZE})")
 
     sample = commands.add_parser("sample", help="draws of the outputs at a width, or of the limit, as CSV")
     layer_options(sample, "all")
@@ -187,16 +193,20 @@ def _kl(args) -> None:
     from netsor import ProgramError
 
     from . import plot
-    from .sweep import _connect, fit_rate, kl_vs_width
+    from .sweep import _connect, fit_constant, fit_rate, kl_vs_width
 
     if args.scheduler is not None and args.backend != "dask":
         raise ProgramError("--scheduler needs --backend dask")
+    if args.predict_size is not None and not args.predict:
+        raise ProgramError("--predict-size needs --predict")
     layer = _layer(args)
     if layer.infinite_heads:
         raise ProgramError("--heads inf has no finite width; give a number of heads")
     (index,) = _positions(layer, 0 if args.output is None else args.output)
     _prepare(args.out)
     start = time.perf_counter()
+    # before the sweep: a program the correction refuses costs nothing
+    prediction = _predict(layer, index, args.predict_size or DEFAULT_PREDICT_SIZE) if args.predict else None
     client = None if args.scheduler is None else _connect(args.scheduler, "--scheduler")
     try:
         df = kl_vs_width(layer, [layer.outputs[index]], args.widths, size=args.size, seeds=args.seeds,
@@ -218,12 +228,34 @@ def _kl(args) -> None:
     except ProgramError as e:
         fit = None
         print(f"no decay fit: {e}")
+    if prediction is not None:
+        c, se, how = prediction
+        print(f"predicted by the first finite-width correction ({how}): KL = c/n² + o(n⁻²), c = {c:.4g} ± {se:.2g}")
+        try:
+            print(fit_constant(df, prediction=(c, se)))
+        except ProgramError as e:
+            print(f"no measured constant: {e}")
     try:
-        plot.kl_vs_width(df, fit=fit if fit is not None else False, path=args.out / "kl_vs_width")
+        plot.kl_vs_width(df, fit=fit if fit is not None else False, path=args.out / "kl_vs_width",
+                         predicted=None if prediction is None else prediction[:2])
     except OSError as e:
         raise ProgramError(f"--out {args.out}: cannot write the figure ({e.strerror or e})") from None
     print(f"wrote {args.out / 'kl_vs_width.csv'}, {args.out / 'kl_vs_width.png'} (and .pdf) "
           f"in {time.perf_counter() - start:.1f} s")
+
+
+def _predict(layer, index: int, size: int) -> tuple[float, float, str]:
+    """(c, se, how) of KL = c/n² for the measured output, from `netsor.finite_width_correction` (seed 0)."""
+    import netsor
+    from netsor import ProgramError
+    try:
+        correction = netsor.finite_width_correction(layer.program, [layer.outputs[index]], size=size, seed=0)
+        c, se = correction.kl_constant()
+    except ProgramError as e:
+        raise ProgramError(f"--predict: {e}") from None
+    if not c > 0:  # Monte Carlo noise around a constant near 0: no line c/n² to draw, no ratio to take
+        raise ProgramError(f"--predict: the correction gives c = {c:.3g} ± {se:.2g}, not a positive constant")
+    return c, se, "exact" if correction.exact else f"Monte Carlo, {correction.size} draws"
 
 
 def _sample(args) -> None:

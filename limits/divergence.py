@@ -48,8 +48,8 @@ from scipy.special import logsumexp, ndtri
 from scipy.stats import qmc
 
 from netsor import CoupledDraws, GaussianLaw, ProgramError
-from netsor.limit.quadrature import half_line_rule
-from netsor.limit.quadrature import linear_binning as _linear_binning
+from netsor.quadrature import half_line_rule
+from netsor.quadrature import linear_binning as _linear_binning
 
 from ._mixture_kernels import mixture_influence, mixture_log_density, paired_log_density
 

@@ -14,7 +14,7 @@ from netsor import ProgramError
 from netsor.random import check_size
 
 from .attention import AttentionLayer
-from .sweep import RateFit, _positive_ints, _target, fit_rate, summarize
+from .sweep import RateFit, _positive_ints, _prediction, _target, fit_rate, summarize
 
 
 def save(fig, path) -> list[Path]:
@@ -46,15 +46,22 @@ def _axes(ax):
     return plt.subplots(figsize=(5.2, 3.8))
 
 
-def kl_vs_width(df, fit: RateFit | bool | None = True, against: str = "width", ax=None, path=None, label=None):
+def kl_vs_width(df, fit: RateFit | bool | None = True, against: str = "width", ax=None, path=None, label=None,
+                predicted=None):
     """Log–log KL (mean over seeds, error bar 1 SE) against `against`; points under 3 SE drawn as upper bounds
-    (open triangles at mean + 2 SE); `fit` True fits `fit_rate` (skipped if too few points), or pass a RateFit."""
+    (open triangles at mean + 2 SE); `fit` True fits `fit_rate` (skipped if too few points), or pass a RateFit.
+    `predicted`, a FiniteWidthCorrection or a pair (c, se), draws KL = c/n² with a band of ±2 se across the
+    plotted widths."""
     if not isinstance(df, pd.DataFrame):
         raise ProgramError(f"plot.kl_vs_width: df must be the DataFrame of a sweep, got {type(df).__name__}")
     if df.empty:
         raise ProgramError("plot.kl_vs_width: the table is empty")
     if not (fit is None or isinstance(fit, (bool, RateFit))):
         raise ProgramError(f"plot.kl_vs_width: fit must be True, False, None or a RateFit, got {fit!r}")
+    if predicted is not None:
+        if against != "width":
+            raise ProgramError(f"plot.kl_vs_width: predicted is a line c/n² in the width, not in {against!r}")
+        predicted = _prediction(predicted, "plot.kl_vs_width")
     fig, ax = _axes(ax)
     estimator = ", ".join(sorted(set(df["estimator"]))) if "estimator" in df else ""
     label = label or estimator or "KL"
@@ -75,6 +82,16 @@ def kl_vs_width(df, fit: RateFit | bool | None = True, against: str = "width", a
         x = np.geomspace(points[against].min(), points[against].max(), 50)
         ax.plot(x, fit.predict(x), "--", color="0.4",
                 label=f"slope −{fit.exponent:.2f} [{fit.ci[0]:.2f}, {fit.ci[1]:.2f}]")
+    if predicted is not None:
+        c, se = predicted
+        widths = points[against][np.isfinite(points[against])]
+        if widths.empty:
+            raise ProgramError("plot.kl_vs_width: predicted needs finite widths to draw c/n² across")
+        n = np.geomspace(widths.min(), widths.max(), 50)
+        shade = line[0].get_color()
+        ax.plot(n, c / n ** 2, "-.", lw=1.2, color=shade, label=f"predicted c/n², c = {c:.3g} ± {se:.2g}")
+        # a band reaching zero has no lower edge on log axes: it stops at a thousandth of c
+        ax.fill_between(n, max(c - 2 * se, 1e-3 * c) / n ** 2, (c + 2 * se) / n ** 2, color=shade, alpha=0.15, lw=0)
     ax.set_xscale("log", base=2 if against == "width" else 10)
     ax.set_yscale("log")
     ax.set_xlabel({"width": "width n", "heads": "heads H"}.get(against, against))

@@ -317,8 +317,7 @@ def fit_rate(df: pd.DataFrame, against: str = "width", min_snr: float = 3.0, lev
     on the known SEs otherwise. A non-finite value, a non-positive `against` or a level outside (0, 1) is a
     ProgramError, never a NaN exponent.
     """
-    if isinstance(level, bool) or not isinstance(level, numbers.Real) or not 0 < level < 1:
-        raise ProgramError(f"fit_rate: level must be a number in (0, 1), got {level!r}")
+    _level(level, "fit_rate")
     try:
         points = summarize(df, against, min_snr, value, se)
     except ProgramError as exc:
@@ -343,6 +342,111 @@ def fit_rate(df: pd.DataFrame, against: str = "width", min_snr: float = 3.0, lev
         q = stats.norm.ppf(0.5 + level / 2)
     slope_se = math.sqrt(var)
     return RateFit(-slope, slope_se, (-slope - q * slope_se, -slope + q * slope_se), intercept, points, against, value)
+
+
+# ---- the constant of KL = c/n²
+@dataclass(frozen=True)
+class ConstantFit:
+    """The measured constant c of KL(finite n ‖ limit) = c/n² + o(n⁻²): n²·KL per width, pooled over the largest
+    resolved widths; with a prediction (c, se), measured/predicted and z = (measured − predicted)/SE."""
+
+    constant: float
+    se: float
+    ci: tuple[float, float]
+    widths: tuple  # the widths pooled
+    points: pd.DataFrame  # per width: kl, se, used (as `summarize`), n2kl = n²·kl and its n2kl_se
+    level: float = 0.95
+    predicted: tuple | None = None  # (c, se)
+    ratio: float | None = None  # measured / predicted
+    ratio_ci: tuple | None = None
+    z: float | None = None
+
+    def __str__(self) -> str:
+        pct = f"{100 * self.level:g}%"
+        used = int(self.points["used"].sum())
+        text = (f"n²·KL → c = {self.constant:.4g} ± {self.se:.2g}, {pct} CI [{self.ci[0]:.4g}, {self.ci[1]:.4g}] "
+                f"(pooled over n = {', '.join(f'{w:g}' for w in self.widths)}; {used} of {len(self.points)} widths "
+                f"resolved)")
+        if self.predicted is None:
+            return text
+        return (f"{text}\npredicted c = {self.predicted[0]:.4g} ± {self.predicted[1]:.2g}: measured/predicted = "
+                f"{self.ratio:.3g}, {pct} CI [{self.ratio_ci[0]:.3g}, {self.ratio_ci[1]:.3g}], z = {self.z:+.2f}")
+
+
+def fit_constant(df: pd.DataFrame, prediction=None, pool: int = 2, min_snr: float = 3.0,
+                 level: float = 0.95) -> ConstantFit:
+    """The measured constant c = lim n²·KL(finite n ‖ limit) from a `kl_vs_width` table, with a `level` interval.
+
+    Per width, n² times the mean KL over seeds and its SE (as `summarize`: the larger of the spread over seeds and
+    the estimators' own SE); only widths whose mean exceeds `min_snr` SE enter (the others are upper bounds). The
+    estimate pools the `pool` largest of them (all, if fewer), inverse-variance weighted, where the o(n⁻²) term
+    matters least (n²·KL = c + d/n + …: with d/c ≈ −7, as for SKI25's tokens, n = 256 is still 3% under c).
+    Its SE is Σ wᵢ SEᵢ, exact for perfectly correlated points (one seed's coupled draws, and the limit side of
+    the mixture estimator, are shared across widths) and conservative otherwise, widened when the points scatter
+    more than their SEs allow; the interval is normal. `prediction`, a FiniteWidthCorrection (its
+    `kl_constant()`) or a pair (c, se), adds measured/predicted with its interval (log-normal) and
+    z = (measured − predicted) / sqrt(SE² + se²).
+    """
+    _level(level, "fit_constant")
+    if isinstance(pool, bool) or not isinstance(pool, numbers.Integral) or pool < 1:
+        raise ProgramError(f"fit_constant: pool must be a positive integer, got {pool!r}")
+    predicted = None if prediction is None else _prediction(prediction, "fit_constant")
+    try:
+        points = summarize(df, "width", min_snr)
+    except ProgramError as exc:
+        raise ProgramError(f"fit_constant: {exc}") from None
+    points = points[np.isfinite(points["width"])].reset_index(drop=True)  # a limit row (width inf) has no n²
+    points = points.assign(n2kl=points["kl"] * points["width"] ** 2, n2kl_se=points["se"] * points["width"] ** 2)
+    used = points[points["used"]].sort_values("width").tail(int(pool))
+    if used.empty:
+        raise ProgramError(f"fit_constant: no width has kl above {min_snr:g} SE; nothing to measure (more samples "
+                           f"per point, or the mixture/coupled estimator)")
+    x, s = used["n2kl"].to_numpy(), used["n2kl_se"].to_numpy()
+    w = s ** -2.0 / np.sum(s ** -2.0)
+    constant = float(np.sum(w * x))
+    se = float(np.sum(w * s))
+    if len(used) > 1:
+        se *= math.sqrt(max(np.sum(((x - constant) / s) ** 2) / (len(used) - 1), 1.0))  # widen, never narrow
+    q = float(stats.norm.ppf(0.5 + level / 2))
+    fit = dict(constant=constant, se=se, ci=(constant - q * se, constant + q * se),
+               widths=tuple(int(v) for v in used["width"]), points=points, level=float(level))
+    if predicted is not None:
+        c, c_se = predicted
+        ratio = constant / c
+        spread = math.hypot(se / constant, c_se / c)
+        fit.update(predicted=predicted, ratio=ratio, ratio_ci=(ratio * math.exp(-q * spread),
+                                                               ratio * math.exp(q * spread)),
+                   z=(constant - c) / math.hypot(se, c_se))  # se > 0: every used point has a positive SE
+    return ConstantFit(**fit)
+
+
+def _level(level, where: str) -> None:
+    if isinstance(level, bool) or not isinstance(level, numbers.Real) or not 0 < level < 1:
+        raise ProgramError(f"{where}: level must be a number in (0, 1), got {level!r}")
+
+
+def _prediction(prediction, where: str) -> tuple[float, float]:
+    """(c, se) of a predicted KL constant: a FiniteWidthCorrection's `kl_constant()`, or a pair of numbers."""
+    if isinstance(prediction, netsor.FiniteWidthCorrection):
+        try:
+            c, se = prediction.kl_constant()
+        except ProgramError as exc:
+            raise ProgramError(f"{where}: prediction: {exc}") from None
+    else:
+        bad = ProgramError(f"{where}: prediction must be a FiniteWidthCorrection or a pair (c, se), got "
+                           f"{prediction!r}")
+        if isinstance(prediction, (str, bytes, dict)):
+            raise bad
+        try:
+            c, se = prediction
+        except (TypeError, ValueError):
+            raise bad from None
+        if any(isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real) for v in (c, se)):
+            raise bad
+    c, se = float(c), float(se)
+    if not (math.isfinite(c) and c > 0 and math.isfinite(se) and se >= 0):
+        raise ProgramError(f"{where}: prediction must be a positive c with a finite se ≥ 0, got ({c:g}, {se:g})")
+    return c, se
 
 
 # ---- execution
@@ -663,4 +767,5 @@ def _positions(outputs, count: int) -> list[int]:
     return outputs
 
 
-__all__ = ["kl_vs_width", "kl_vs_heads", "kernel_vs_heads", "fit_rate", "summarize", "RateFit", "KLTask", "run_task"]
+__all__ = ["kl_vs_width", "kl_vs_heads", "kernel_vs_heads", "fit_rate", "summarize", "RateFit", "fit_constant",
+           "ConstantFit", "KLTask", "run_task"]

@@ -234,3 +234,58 @@ def test_python_m_limits_cli_runs_the_command_line():
     result = subprocess.run([sys.executable, "-m", "limits.cli", "describe", "--heads", "0"], capture_output=True,
                             text=True, cwd=ROOT)
     assert result.returncode == 2 and "argument --heads" in result.stderr and result.stderr.count("\n") == 1
+
+
+# ---- issue 15 item 4: --predict, the constant of KL = c/n² from the first finite-width correction
+def test_kl_predict_prints_and_draws_the_predicted_constant(tmp_path, capsys, monkeypatch):
+    from limits import plot
+    drawn = {}
+    original = plot.kl_vs_width
+
+    def spy(df, **options):
+        drawn.update(options)
+        return original(df, **options)
+
+    monkeypatch.setattr(plot, "kl_vs_width", spy)
+    assert main(["kl", "--inputs", "gaussian", "--seq-len", "3", "--widths", "16,64", "--size", "3000",
+                 "--seeds", "2", "--predict", "--predict-size", "1024", "--out", str(tmp_path), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    line = next(t for t in printed.splitlines() if t.startswith("predicted by the first finite-width correction"))
+    assert "Monte Carlo, 1024 draws" in line
+    c = float(line.split("c = ")[1].split(" ± ")[0])
+    assert 1.0 < c < 3.0  # s = 3, H = 2, Gaussian tokens: c ≈ 1.9
+    assert "n²·KL → c = " in printed and "measured/predicted = " in printed and ", z = " in printed
+    assert drawn["predicted"][0] == pytest.approx(c, rel=1e-3)  # the figure draws the same line
+    assert (tmp_path / "kl_vs_width.png").stat().st_size > 1000
+
+
+def test_kl_without_predict_prints_no_prediction(tmp_path, capsys):
+    assert main(["kl", "--inputs", "gaussian", "--seq-len", "2", "--widths", "16", "--size", "500", "--seeds", "1",
+                 "--out", str(tmp_path), "--no-progress"]) == 0
+    assert "predicted" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--predict-size", "4096"], "error: --predict-size needs --predict"),
+    (["--predict", "--predict-size", "10"], "error: --predict: finite_width_correction: size must be at least 1024"),
+    (["--predict", "--predict-size", "0"], "argument --predict-size: expected a positive integer"),
+])
+def test_predict_refusals_are_one_line_exit_2(argv, message, capsys, tmp_path):
+    assert main(["kl", "--inputs", "gaussian", "--widths", "16", "--size", "200", "--out", str(tmp_path / "out"),
+                 "--no-progress"] + argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "kl_vs_width.csv").exists()  # refused before the sweep ran
+
+
+def test_predict_on_a_program_the_correction_refuses_says_why(capsys, tmp_path, monkeypatch):
+    import netsor
+
+    def refuses(program, variables, **options):
+        raise netsor.ProgramError("finite_width_correction: x := clip(W h): a reason\nand a second line")
+
+    monkeypatch.setattr(netsor, "finite_width_correction", refuses)
+    assert main(["kl", "--widths", "16", "--size", "200", "--predict", "--out", str(tmp_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err == "netsor-limits: error: --predict: finite_width_correction: x := clip(W h): a reason\n"
+    assert not (tmp_path / "kl_vs_width.csv").exists()

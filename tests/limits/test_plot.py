@@ -5,7 +5,9 @@ matplotlib.use("Agg")
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
 
+import netsor  # noqa: E402
 from limits import attention_layer, plot  # noqa: E402
 
 
@@ -35,3 +37,28 @@ def test_points_without_standard_error_are_values_not_bounds():
     df = pd.DataFrame({"width": [16, 64], "seed": 0, "estimator": "kde", "kl": [1e-2, 1e-3], "se": np.nan})
     fig, ax = plot.kl_vs_width(df)
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["kde"]
+
+
+def test_kl_vs_width_draws_the_predicted_line_and_its_band():
+    widths = [16, 64, 256, 1024]
+    df = pd.DataFrame({"width": widths, "seed": 0, "estimator": "coupled",
+                       "kl": [2.0 / w ** 2 for w in widths], "se": [0.02 / w ** 2 for w in widths]})
+    fig, ax = plot.kl_vs_width(df, fit=False, predicted=(3.0, 0.25))
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "predicted c/n², c = 3 ± 0.25" in labels
+    line = next(l for l in ax.lines if l.get_label().startswith("predicted"))
+    n, kl = line.get_xdata(), line.get_ydata()
+    assert n.min() == 16 and n.max() == 1024 and np.allclose(kl * n ** 2, 3.0)  # c/n² across the plotted widths
+    (band,) = ax.collections[-1:]
+    edges = band.get_paths()[0].vertices
+    inside = (edges[:, 0] > 16) & (edges[:, 0] < 1024)
+    assert np.allclose(sorted({round(v, 6) for v in edges[inside, 1] * edges[inside, 0] ** 2}), [2.5, 3.5])  # ±2 SE
+    # a correction is accepted as it is: a deep linear chain, c = 3 exactly
+    prog = netsor.Program("chain")
+    y = prog.matrix("W2") @ (prog.matrix("W1") @ prog.input("x"))
+    fig, ax = plot.kl_vs_width(df, fit=False, predicted=netsor.finite_width_correction(prog, [y]))
+    assert any(t.get_text().startswith("predicted c/n², c = 3 ± ") for t in ax.get_legend().get_texts())
+    with pytest.raises(netsor.ProgramError, match=r"^plot.kl_vs_width: prediction must be a FiniteWidthCorrection"):
+        plot.kl_vs_width(df, predicted=3.0)
+    with pytest.raises(netsor.ProgramError, match="^plot.kl_vs_width: predicted is a line c/n² in the width"):
+        plot.kl_vs_width(df.rename(columns={"width": "heads"}), against="heads", predicted=(3.0, 0.1))

@@ -368,3 +368,71 @@ def test_pass_through_options_and_fits_are_checked():
     assert fit.exponent == pytest.approx(np.log(10) / np.log(4), rel=1e-6)
     with pytest.raises(netsor.ProgramError, match=r"^predict: x must be positive numbers"):
         fit.predict("a")
+
+
+# ---- issue 15 item 4: the measured constant n²·KL, against a prediction
+def _constant_rows(c=2.0, d=-10.0, widths=(16, 64, 256, 1024, 4096, 16384), seeds=3, rel=0.02, seed=0):
+    """KL = (c + d/n)/n² plus noise, relative SE growing with n; the largest width unresolved."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for w in widths:
+        truth = (c + d / w) / w ** 2
+        se = rel * truth * (w / 16) ** 0.25 if w < max(widths) else 2 * truth
+        rows += [dict(width=w, seed=s, kl=truth + se * rng.standard_normal(), se=se) for s in range(seeds)]
+    return rows
+
+
+def test_fit_constant_recovers_c_and_flags_a_wrong_prediction():
+    assert sweep.fit_constant(pd.DataFrame(_constant_rows())).widths == (1024, 4096)  # by default the two largest
+    fit = sweep.fit_constant(pd.DataFrame(_constant_rows()), pool=3)
+    assert fit.widths == (256, 1024, 4096)  # the three largest resolved widths: n = 16384 is a bound
+    assert fit.points.set_index("width")["used"].to_dict() == {16: True, 64: True, 256: True, 1024: True,
+                                                               4096: True, 16384: False}
+    assert fit.ci[0] < 2.0 < fit.ci[1] and fit.ci[1] - fit.ci[0] < 0.4, fit
+    assert fit.points["n2kl"].iloc[0] == pytest.approx(2.0 - 10 / 16, rel=0.1)  # n²·KL per width, below c at n = 16
+    right = sweep.fit_constant(pd.DataFrame(_constant_rows()), prediction=(2.0, 0.02), pool=3)
+    assert abs(right.z) < 2 and right.ratio_ci[0] < 1 < right.ratio_ci[1]
+    wrong = sweep.fit_constant(pd.DataFrame(_constant_rows()), prediction=(3.0, 0.02), pool=3)
+    assert wrong.z < -5 and wrong.ratio_ci[1] < 0.8, wrong  # power: a 50% wrong c is rejected
+    assert "measured/predicted" in str(wrong) and "pooled over n = 256, 1024, 4096" in str(wrong)
+    # pooling the small widths, where the d/n term matters, would be biased: the scatter widens the interval
+    small = sweep.fit_constant(pd.DataFrame(_constant_rows()), pool=5)
+    assert small.widths == (16, 64, 256, 1024, 4096) and small.se > fit.se
+
+
+def test_fit_constant_of_a_measured_sweep_agrees_with_the_exact_correction():
+    """A deep linear chain y = W₂W₁x: c = 3 exactly (the correction's cubature), measured by the mixture
+    estimator; the correction itself is accepted as the prediction."""
+    prog = netsor.Program("chain")
+    y = prog.matrix("W2") @ (prog.matrix("W1") @ prog.input("x"))
+    df = kl_vs_width(prog, [y], widths=[256, 1024, 4096], size=20_000, seeds=2, progress=False)
+    correction = netsor.finite_width_correction(prog, [y])
+    assert correction.exact and correction.kl_constant()[0] == pytest.approx(3.0, rel=1e-6)
+    fit = sweep.fit_constant(df, prediction=correction)
+    assert fit.ci[0] < 3.0 < fit.ci[1] and abs(fit.z) < 3 and fit.predicted[0] == pytest.approx(3.0, rel=1e-6)
+    assert sweep.fit_constant(df, prediction=(4.0, 0.0)).z < -5
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"prediction": "2.0"}, r"^fit_constant: prediction must be a FiniteWidthCorrection or a pair \(c, se\)"),
+    ({"prediction": (2.0,)}, "prediction must be a FiniteWidthCorrection or a pair"),
+    ({"prediction": (True, 0.1)}, "prediction must be a FiniteWidthCorrection or a pair"),
+    ({"prediction": (-1.0, 0.1)}, r"prediction must be a positive c with a finite se ≥ 0, got \(-1, 0.1\)"),
+    ({"prediction": (2.0, math.inf)}, "positive c with a finite se"),
+    ({"pool": 0}, "^fit_constant: pool must be a positive integer"),
+    ({"level": 1.0}, "^fit_constant: level must be a number in"),
+    ({"min_snr": -1}, "^fit_constant: min_snr must be a positive number"),
+])
+def test_fit_constant_refuses_bad_arguments(options, message):
+    with pytest.raises(netsor.ProgramError, match=message):
+        sweep.fit_constant(pd.DataFrame(_constant_rows()), **options)
+
+
+def test_fit_constant_needs_a_resolved_width():
+    rows = [dict(r, kl=1e-12) for r in _constant_rows()]
+    with pytest.raises(netsor.ProgramError, match="^fit_constant: no width has kl above 3 SE"):
+        sweep.fit_constant(pd.DataFrame(rows))
+    with pytest.raises(netsor.ProgramError, match=r"^fit_constant: expected a DataFrame with columns"):
+        sweep.fit_constant(pd.DataFrame({"width": [16]}))
+    limit_row = _constant_rows() + [dict(width=math.inf, seed=0, kl=1e-3, se=1e-5)]  # ignored: no n² at n = ∞
+    assert sweep.fit_constant(pd.DataFrame(limit_row)).widths == (1024, 4096)
