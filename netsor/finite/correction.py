@@ -529,8 +529,18 @@ class FiniteWidthCorrection:
                                        counts.sum() - counts[b]) for b in range(len(counts))])
             B = len(counts)
             out = (total, float(np.sqrt((B - 1) / B * np.sum((leave - leave.mean()) ** 2) + numerical ** 2)))
-        self._kl[j] = out
-        return out
+        self._kl[j] = self._resolved(j, *out)
+        return self._kl[j]
+
+    def _resolved(self, j: int, total: float, se: float):
+        """(c, se), or ProgramError where c is not resolved (se > c/2; c is a KL, so 1e-9 is zero): heavy-tailed
+        draws, no measurement."""
+        if se > 0.5 * abs(total) + 1e-9:
+            raise ProgramError(f"kl_constant: {self.variables[j]}: c = {total:.4g} ± {se:.2g} is not resolved (the "
+                               f"draws' contributions are heavy-tailed, down to conditional variance "
+                               f"{self._v[:, j, 0].min():.2g}); more draws may resolve it, or KL may not decay "
+                               f"like c/n²")
+        return total, se
 
     def _kl_centred(self, j: int):
         """kl_constant where y | rest ~ N(0, V(ε)): f₁ = E[V₂ ∂_Vφ + ½V₁² ∂²_Vφ] at V₀. The draws are binned in
@@ -607,11 +617,7 @@ class FiniteWidthCorrection:
                                f"{without:.4g} without the {TRIM:.1%} of draws of smallest conditional variance "
                                f"(down to {variances.min():.2g}): f₁²/f_∞ is dominated by near-degenerate "
                                f"components, so KL may not decay like c/n² and no constant is reported")
-        if se > 0.5 * abs(total):
-            raise ProgramError(f"kl_constant: {self.variables[j]}: c = {total:.4g} ± {se:.2g} is not resolved (the "
-                               f"draws' contributions are heavy-tailed, down to conditional variance "
-                               f"{variances.min():.2g}); more draws may resolve it, or KL may not decay like c/n²")
-        return total, se
+        return self._resolved(j, total, se)
 
     def predicted_kl(self, width, variable=None):
         """c/n² at the given width(s), with its standard error."""

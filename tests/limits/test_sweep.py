@@ -332,6 +332,8 @@ def test_dask_from_a_starting_worker_says_to_guard_the_script(layer, monkeypatch
         raise RuntimeError("Nanny failed to start.")
 
     monkeypatch.setattr(dask.distributed, "LocalCluster", nanny_fails)
+    # as from a script (a pytest-xdist worker's __main__ has no file)
+    monkeypatch.setattr(sys.modules["__main__"], "__file__", "script.py", raising=False)
     with pytest.raises(netsor.ProgramError, match=r"the local cluster did not start \(RuntimeError: Nanny failed to "
                                                   r'start.\); if it was called from .*`if __name__ == "__main__":`'):
         kl_vs_heads(heads=[1], seq_len=3, backend="dask", **SMALL)
