@@ -284,7 +284,6 @@ def _chi_shift(offset: int, r: int) -> np.ndarray:
     return -(offset + np.arange(r)) / 2.0 - 0.25
 
 
-
 class _Perturbation:
     """The random inputs of one block: row 0 b (S, M), per read component its E (and Ξ), per front level Φ; and
     the Grams they give at any ε (pseudo-width 1/ε²)."""
@@ -292,7 +291,7 @@ class _Perturbation:
     def __init__(self, plan: ExactPlan, front: _FrontModel | None, root, block: int, S: int, cubature: bool):
         self.plan, self.front, self.S = plan, front, S
         self.kinds = []
-        dims = []  # (component or level, shape, per-entry sd) of every perturbation array, for the cubature
+        dims = []  # (("E", component), side) of every Bartlett perturbation E (side × side, lower triangle)
         front_cols = {c for c, _ in plan.front_columns}
         for i, cols in enumerate(plan.components):
             r = len(cols)
