@@ -14,8 +14,9 @@ whose laws converge as n grows. With ε = 1/sqrt(n), exactly through O(ε²) in 
 
 Given these, the targets are Gaussian with mean m(ε) and covariance V(ε), computed by the sampler's own evaluation
 (`outputs_given_grams`) at the pseudo-width w = 1/ε². Per draw, m and V are expanded to second order by symmetric
-differences at ε = ±δ, ±2δ (Richardson), and so is any moment or density h(m, V): E h_n = E h₀ + E h₂/n + O(n⁻²),
-the O(ε) term vanishing in expectation (E, Φ, Ξ are symmetric). Where nothing but E and Φ is random
+differences at ε = ±δ, ±2δ, ±3δ (Richardson; a ±δ, ±2δ twin bounds their own error), and so is any moment or
+density h(m, V): E h_n = E h₀ + E h₂/n + O(n⁻²), the O(ε) term vanishing in expectation (E, Φ, Ξ are
+symmetric). Where nothing but E and Φ is random
 (deterministic limits: deep linear chains, MLPs), h₂ is a quadratic polynomial in them and a symmetric cubature
 (±sqrt(d) σ_a e_a, 2d points) computes E h₂ exactly; elsewhere the limit's own randomness is Monte Carlo, with
 standard errors from a jackknife over blocks.
@@ -467,7 +468,7 @@ class FiniteWidthCorrection:
 
     def density(self, y, variable=None, error: bool = False):
         """f₁(y), the O(1/n) density correction of one variable: f_n = f_∞ + f₁/n + o(1/n) (with error: and its
-        standard error, zero where exact)."""
+        standard error; where exact, only the bound on the ε-differences' error)."""
         j = self._variable(variable, "density")
         y = np.asarray(y, dtype=float)
         if y.ndim > 1 or not np.all(np.isfinite(y)):
@@ -491,7 +492,8 @@ class FiniteWidthCorrection:
 
     def kl_constant(self, variable=None):
         """(c, se): c = ½∫f₁²/f_∞, so that KL(finite n ‖ limit) = c/n² + o(n⁻²). f₁² is estimated without bias
-        (a U-statistic over draws) and the standard error is a jackknife over blocks (zero where exact)."""
+        (a U-statistic over draws) and the standard error is a jackknife over blocks plus the ε-differences' error
+        bound (only that bound where exact). Refused where c is not resolved or hinges on near-degenerate draws."""
         j = self._variable(variable, "kl_constant")
         if j in self._kl:
             return self._kl[j]
