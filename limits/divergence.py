@@ -48,7 +48,7 @@ from scipy.special import logsumexp, ndtri
 from scipy.stats import qmc
 
 from netsor import CoupledDraws, GaussianLaw, ProgramError
-from netsor.quadrature import half_line_rule
+from netsor.quadrature import MAX_LOG_VARIANCE_RANGE, half_line_rule  # variances e^60 apart: KL ≳ 30
 from netsor.quadrature import linear_binning as _linear_binning
 
 from ._mixture_kernels import mixture_influence, mixture_log_density, paired_log_density
@@ -61,7 +61,6 @@ OPTIONS = {"kde": ("grid_points",), "fftkde": ("grid_points",), "knn": ("k",), "
            "mixture joint": ("eval_components", "density_components", "points", "budget", "seed")}
 # Component evaluations (point × component pairs) the joint estimator may spend by default: a few seconds on 2 cores.
 JOINT_BUDGET = 1 << 28
-MAX_LOG_VARIANCE_RANGE = 60.0  # 1-D mixture: largest over smallest component variance at most e^60 (KL ≳ 30 beyond)
 INFLUENCE_COMPONENTS = 2048  # density components whose influence is evaluated to estimate its variance
 _STREAM = 0x4B4C  # spawn key of the joint estimator's draws ("KL")
 

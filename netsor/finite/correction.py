@@ -31,7 +31,8 @@ import sympy
 
 from ..errors import ProgramError
 from ..ir.program import WIDTH, Dot, HeadSum, Input, MatMul, Nonlin, Program, Vector
-from ..limit.quadrature import gaussian_expectation, gaussian_factor, half_line_rule, linear_binning
+from ..limit.quadrature import (MAX_LOG_VARIANCE_RANGE, gaussian_expectation, gaussian_factor, half_line_rule,
+                                linear_binning)
 from ..parallel import map_blocks
 from ..random import check_size, seed_sequence, stream
 from .exact.block import outputs_given_grams
@@ -50,7 +51,6 @@ KL_GRID = 2049
 MAX_KL_GRID = 1 << 15
 TRIM = 1e-3  # the share of smallest-variance draws whose removal must not move c
 NODES = 1024  # log-variance nodes of the centred KL constant
-MAX_LOG_VARIANCE_RANGE = 60.0
 
 
 def _refuse(where: str, reason: str):
@@ -510,28 +510,24 @@ class FiniteWidthCorrection:
                                f"{reach / 12 / math.sqrt(v[:, 0].min()):.3g}× — more than a grid of {MAX_KL_GRID} "
                                f"points resolves")
         y = np.linspace(-reach, reach, points)
-        f0, f1, f11 = self._sums(y, j)
         counts = np.bincount(self._blocks).astype(float)
-        dy = y[1] - y[0]
-
-        def constant(F0, F1, F11, S):
-            square = (F1 / S) ** 2 if self.exact else (F1 * F1 - F11) / (S * (S - 1))
-            base = F0 / S
-            ok = base > 0
-            return 0.5 * float(np.sum(square[ok] / base[ok]) * dy)
-
-        total = constant(f0.sum(0), f1.sum(0), f11.sum(0), counts.sum())
-        g0, g1, g11 = self._sums(y, j, coarse=True)
-        numerical = abs(total - constant(g0.sum(0), g1.sum(0), g11.sum(0), counts.sum()))
-        if self.exact:
-            out = (total, numerical)
-        else:
-            leave = np.array([constant(f0.sum(0) - f0[b], f1.sum(0) - f1[b], f11.sum(0) - f11[b],
-                                       counts.sum() - counts[b]) for b in range(len(counts))])
-            B = len(counts)
-            out = (total, float(np.sqrt((B - 1) / B * np.sum((leave - leave.mean()) ** 2) + numerical ** 2)))
+        weights = np.full(points, 0.5 * (y[1] - y[0]))  # ½ ∫ on the trapezoid grid
+        out = self._constant_and_error(weights, self._sums(y, j), self._sums(y, j, coarse=True), counts)
         self._kl[j] = self._resolved(j, *out)
         return self._kl[j]
+
+    def _constant_and_error(self, weights, fine, coarse, counts):
+        """(c, se) from per-block grid sums (f₀, f₁, f₁₁) of the fine and the coarse series: the jackknife over
+        blocks plus the coarse twin's distance (only that distance where exact)."""
+        f0, f1, f11 = fine
+        S = counts.sum()
+        total = _kl_integral(weights, f0.sum(0), f1.sum(0), f11.sum(0), S, self.exact)
+        numerical = abs(total - _kl_integral(weights, *(g.sum(0) for g in coarse), S, self.exact))
+        if self.exact:
+            return total, numerical
+        leave = np.array([_kl_integral(weights, f0.sum(0) - f0[b], f1.sum(0) - f1[b], f11.sum(0) - f11[b],
+                                       S - counts[b], False) for b in range(len(counts))])
+        return total, float(np.sqrt(_jackknife_se(leave) ** 2 + numerical ** 2))
 
     def _resolved(self, j: int, total: float, se: float):
         """(c, se), or ProgramError where c is not resolved (se > c/2; c is a KL, so 1e-9 is zero): heavy-tailed
@@ -591,28 +587,15 @@ class FiniteWidthCorrection:
             f11 = sums[:, 3] @ (d_v * d_v) + sums[:, 4] @ (d_v * d_vv) + sums[:, 5] @ (d_vv * d_vv)
             return f0, f1, f11
 
-        def constant(F0, F1, F11, S):
-            square = (F1 / S) ** 2 if self.exact else (F1 * F1 - F11) / (S * (S - 1))
-            ok = F0 > 0
-            return float(np.sum(dy[ok] * square[ok] / (F0[ok] / S)))  # ½ · 2 half lines
-
-        f0, f1, f11 = grids(fine, nodes)
-        total = constant(f0.sum(0), f1.sum(0), f11.sum(0), counts.sum())
+        # ½ ∫ over the line = ∫ over the half line: the rule's weights as they are
+        total, se = self._constant_and_error(dy, grids(fine, nodes), grids(rough, rough_nodes), counts)
         # c must not hinge on the rarest, narrowest components: where the thousandth of draws with the smallest
         # V₀ moves it, f₁²/f_∞ is (nearly) not integrable there and c/n² is not the KL's leading term
         variances = self._v[:, j, 0]
         keep = variances >= np.quantile(variances, TRIM)
         trimmed, trimmed_nodes = per_block(self._v[:, j], keep)
-        t0, t1, t11 = grids(trimmed, trimmed_nodes)
-        without = constant(t0.sum(0), t1.sum(0), t11.sum(0), float(keep.sum()))
-        g0, g1, g11 = grids(rough, rough_nodes)
-        numerical = abs(total - constant(g0.sum(0), g1.sum(0), g11.sum(0), counts.sum()))
-        if self.exact:
-            se = numerical
-        else:
-            leave = np.array([constant(f0.sum(0) - f0[b], f1.sum(0) - f1[b], f11.sum(0) - f11[b],
-                                       counts.sum() - counts[b]) for b in range(B)])
-            se = float(np.sqrt((B - 1) / B * np.sum((leave - leave.mean()) ** 2) + numerical ** 2))
+        without = _kl_integral(dy, *(t.sum(0) for t in grids(trimmed, trimmed_nodes)), float(keep.sum()),
+                               self.exact)
         if abs(total - without) > 3 * se + 0.01 * abs(total):
             raise ProgramError(f"kl_constant: {self.variables[j]}: c = {total:.4g} ± {se:.2g} changes to "
                                f"{without:.4g} without the {TRIM:.1%} of draws of smallest conditional variance "
@@ -812,8 +795,18 @@ def _aggregate(block_sums, counts, cubature: bool):
     if cubature:
         return full, [np.zeros_like(a) for a in full]
     leave = [statistics(*(s.sum(0) - s[b] for s in sums), counts.sum() - counts[b]) for b in range(B)]
-    ses = []
-    for i in range(len(full)):
-        values = np.array([lv[i] for lv in leave])
-        ses.append(np.sqrt((B - 1) / B * np.sum((values - values.mean(0)) ** 2, axis=0)))
-    return full, ses
+    return full, [_jackknife_se(np.array([lv[i] for lv in leave])) for i in range(len(full))]
+
+
+def _jackknife_se(leave_out: np.ndarray) -> np.ndarray:
+    """The delete-one-block jackknife standard error from the B leave-one-out estimates (axis 0)."""
+    B = len(leave_out)
+    return np.sqrt((B - 1) / B * np.sum((leave_out - leave_out.mean(0)) ** 2, axis=0))
+
+
+def _kl_integral(weights, F0, F1, F11, S, exact: bool) -> float:
+    """Σ weights · f₁²/f_∞ on a grid from sums over S draws of φ₀, of f₁'s terms and of their squares: f₁² by
+    the U-statistic (A² − Σ a²)/(S(S − 1)), unbiased, unless exact (no noise: the plain square)."""
+    square = (F1 / S) ** 2 if exact else (F1 * F1 - F11) / (S * (S - 1))
+    ok = F0 > 0
+    return float(np.sum(weights[ok] * square[ok] / (F0[ok] / S)))

@@ -49,6 +49,9 @@ def linear_binning(u: np.ndarray, lo: float, step: float, bins: int):
     return left, t - left
 
 
+MAX_LOG_VARIANCE_RANGE = 60.0  # log V spans beyond which half_line_rule's grid is not built (mixtures e^60 apart)
+
+
 def half_line_rule(log_var_lo: float, log_var_hi: float) -> tuple[np.ndarray, np.ndarray]:
     """Points y and weights dy for ∫_0^∞ of even mixtures of N(0, V), log V in [lo, hi]: y = e^t, Simpson in t
     (dy = y dt, step 0.004), resolving every component from 1e-4 σ_min to 14 σ_max; [0, y₀] where all are flat."""
