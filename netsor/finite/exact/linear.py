@@ -1,6 +1,9 @@
 """The linear part of an exact block compiled to register operations run by one numba kernel."""
 from __future__ import annotations
 
+import threading
+import weakref
+
 import numpy as np
 
 from ...compiled import linear as _ops
@@ -64,7 +67,7 @@ class LinearProgram:
                         self.chi(dof, r), self.alloc(r * r))
             else:
                 self.op(_ops.OP_WISHART_Z, self.stream(1, i), dof, r, rows, g, self.alloc(dof * r))
-        self.targets = targets
+        self.k = len(targets)
         for j, t in enumerate(targets):
             if isinstance(t, Scalar):
                 self.op(_ops.OP_OUT_SCALAR, j, self.scalar(t))
@@ -199,18 +202,40 @@ class LinearProgram:
         columns' row 0 (S, k) (F = 0 unless moments)."""
         gens = tuple(stream(root, block, *key) for key in self.keys)
         F = self.free if moments else 0
-        return run_linear(gens, self.code[moments], self.int_pool, self.float_pool, max(self.size, 1), S,
-                          len(self.targets), F)
+        return run_linear(gens, self.code[moments], self.int_pool, self.float_pool, _registers(self.size), S,
+                          self.k, F)
+
+
+_SCRATCH = threading.local()  # each thread's register file, reused: a fresh one per block is page faults
+
+
+def _registers(size: int) -> np.ndarray:
+    """This thread's register file, (size, LINEAR_TILE) (a view of one at least that large; the kernel zeroes it)."""
+    size = max(size, 1)
+    reg = getattr(_SCRATCH, "reg", None)
+    if reg is None or reg.shape[0] < size:
+        reg = _SCRATCH.reg = np.empty((size, _ops.LINEAR_TILE))
+    return reg[:size]
+
+
+# program → {(width, target indices): LinearProgram or None}: plans are rebuilt on every simulate call, and
+# compiling the program each time cost as much as drawing 10⁴ networks
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_COMPILED_PER_PROGRAM = 64  # widths kept per program (the oldest dropped first)
 
 
 def _linear_program(plan: ExactPlan, width: int, targets):
-    """The plan's LinearProgram at this width, or None when the step-by-step path must run (cached)."""
+    """The plan's LinearProgram at this width, or None when the step-by-step path must run (cached on the plan,
+    and per program: a plan is a function of the program and targets)."""
     key = ("linear", width, tuple(t.index for t in targets))
     if key not in plan._cache:
-        try:
-            plan._cache[key] = LinearProgram(plan, width, targets)
-        except _Unsupported:
-            plan._cache[key] = None
+        compiled = _COMPILED.setdefault(plan.program, {})
+        if key not in compiled:
+            try:
+                compiled[key] = LinearProgram(plan, width, targets)
+            except _Unsupported:
+                compiled[key] = None
+            while len(compiled) > _COMPILED_PER_PROGRAM:
+                compiled.pop(next(iter(compiled)))
+        plan._cache[key] = compiled[key]
     return plan._cache[key]
-
-
