@@ -14,13 +14,13 @@ _EXPORTS = {
     "AttentionLayer": "attention", "attention_layer": "attention", "Network": "builders", "mlp": "builders",
     "KLEstimate": "divergence", "kl": "divergence", "Transformer": "stack", "transformer": "stack",
     "RateFit": "sweep", "fit_rate": "sweep", "ConstantFit": "sweep", "fit_constant": "sweep",
-    "kernel_vs_heads": "sweep", "kl_vs_heads": "sweep", "kl_vs_width": "sweep",
+    "local_slopes": "sweep", "kernel_vs_heads": "sweep", "kl_vs_heads": "sweep", "kl_vs_width": "sweep",
 }
 _MODULES = ("divergence", "plot", "stack", "training")
 
 __all__ = ["AttentionLayer", "attention_layer", "Network", "mlp", "divergence", "kl", "KLEstimate",
            "kl_vs_width", "kl_vs_heads", "kernel_vs_heads", "fit_rate", "RateFit", "fit_constant", "ConstantFit",
-           "plot", "Transformer", "transformer", "stack", "training"]
+           "local_slopes", "plot", "Transformer", "transformer", "stack", "training"]
 
 
 def __getattr__(name: str):

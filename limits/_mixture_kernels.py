@@ -108,3 +108,26 @@ def mixture_influence(points, coef, log_f, means, inv_chol, log_norm):
             acc += coef[q] * np.exp(_log_phi(points, q, means, inv_chol, log_norm, m, diff) - log_f[q])
         out[m] = acc
     return out
+
+
+@njit(cache=True, parallel=True)
+def paired_bias_integrand(y, ratio, inv_n, log_n, inv_t, log_t, inv_l, log_l, twin):
+    """E_m[(g_m(y) − r(y) φ_{t_m}(y))²] at each y ≥ 0, g_m = φ_{s_m} (pairs) or (φ_{s_m} + φ_{s′_m})/2 (twins),
+    φ_v(y) the N(0, v) density, given 1/v and log v of each component: the second-order term of the plug-in KL
+    of coupled 1-D mixtures, summed directly so that the pairs' near-cancellation is kept to rounding."""
+    G = y.shape[0]
+    M = inv_n.shape[0]
+    out = np.empty(G)
+    norm = 1.0 / (2.0 * np.pi)
+    for q in prange(G):
+        half_y2 = 0.5 * y[q] * y[q]
+        r = ratio[q]
+        acc = 0.0
+        for m in range(M):
+            g = np.exp(-half_y2 * inv_n[m] - 0.5 * log_n[m])
+            if twin:
+                g = 0.5 * (g + np.exp(-half_y2 * inv_t[m] - 0.5 * log_t[m]))
+            x = g - r * np.exp(-half_y2 * inv_l[m] - 0.5 * log_l[m])
+            acc += x * x
+        out[q] = acc * norm / M
+    return out

@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 
-DEFAULT_WIDTHS = (16, 64, 256, 1024, 4096)
+DEFAULT_WIDTHS = (16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576)  # 16 … 2^20: coupled draws resolve all
 DEFAULT_PREDICT_SIZE = 1 << 15  # --predict: a KL constant to about 2% (Gaussian tokens) in a second or two
 MAX_SCORES = 1 << 20  # heads × seq_len² attention scores: a larger layer takes hours to derive, so it is a typo
 INTERRUPTED = "netsor-limits: interrupted"
@@ -117,11 +117,12 @@ def parser() -> argparse.ArgumentParser:
     kl = commands.add_parser("kl", help="KL(finite n ‖ limit) against width, with the fitted decay exponent")
     layer_options(kl, "0: y1")
     kl.add_argument("--widths", type=widths, default=list(DEFAULT_WIDTHS),
-                    help="comma-separated widths (default 16,64,256,1024,4096)")
+                    help="comma-separated widths (default 16,64,…,2^20: powers of 4)")
     kl.add_argument("--size", type=lambda t: _integer(t, 2, None, "an integer ≥ 2"), default=20_000,
                     help="networks per width and seed (default 20000)")
     kl.add_argument("--seeds", type=seeds, default=2, help="a count, or comma-separated seeds (default 2)")
-    kl.add_argument("--estimator", choices=METHODS, default="mixture", help="KL estimator (default mixture)")
+    kl.add_argument("--estimator", choices=METHODS, default="coupled",
+                    help="KL estimator (default coupled: finite and limit draws from common random numbers)")
     kl.add_argument("--backend", choices=BACKENDS, default="local", help="local (default) or dask")
     kl.add_argument("--scheduler", type=_address, default=None,
                     help="dask scheduler address, with --backend dask (default: a 2-worker LocalCluster)")
@@ -193,7 +194,7 @@ def _kl(args) -> None:
     from netsor import ProgramError
 
     from . import plot
-    from .sweep import _connect, fit_constant, fit_rate, kl_vs_width
+    from .sweep import _connect, fit_constant, fit_rate, kl_vs_width, local_slopes
 
     if args.scheduler is not None and args.backend != "dask":
         raise ProgramError("--scheduler needs --backend dask")
@@ -225,6 +226,9 @@ def _kl(args) -> None:
     try:
         fit = fit_rate(df)
         print(fit)
+        slopes = local_slopes(df)
+        print("local slope −Δlog KL/Δlog n: " + ", ".join(
+            f"{a:.0f}→{b:.0f}: {v:.2f} ± {e:.2f}" for a, b, v, e in slopes[["from", "to", "slope", "se"]].to_numpy()))
     except ProgramError as e:
         fit = None
         print(f"no decay fit: {e}")

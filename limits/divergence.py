@@ -51,7 +51,7 @@ from netsor import CoupledDraws, GaussianLaw, ProgramError
 from netsor.quadrature import MAX_LOG_VARIANCE_RANGE, half_line_rule  # variances e^60 apart: KL ≳ 30
 from netsor.quadrature import linear_binning as _linear_binning
 
-from ._mixture_kernels import mixture_influence, mixture_log_density, paired_log_density
+from ._mixture_kernels import mixture_influence, mixture_log_density, paired_bias_integrand, paired_log_density
 
 SAMPLE_METHODS = ("kde", "fftkde", "knn")
 COMPONENT_METHODS = ("mixture", "coupled")
@@ -124,9 +124,12 @@ def kl(finite, limit=None, method: str = "mixture", **options) -> KLEstimate:
     if method not in METHODS:
         raise ProgramError(f"kl: unknown method {method!r}; choose from {', '.join(METHODS)}")
     start = time.perf_counter()
+    twin = None
     if method == "coupled" and isinstance(finite, CoupledDraws):
         if limit is not None:
             raise ProgramError("kl: with CoupledDraws, pass no separate limit")
+        if finite.antithetic:
+            twin = (finite.twin_mean, finite.twin_cov)
         finite, limit = (finite.finite_mean, finite.finite_cov), (finite.limit_mean, finite.limit_cov)
     if limit is None:
         raise ProgramError(f"kl: method {method!r} needs both the finite and the limit argument")
@@ -160,20 +163,29 @@ def kl(finite, limit=None, method: str = "mixture", **options) -> KLEstimate:
         if paired and len(cn) != len(cl):
             raise ProgramError(f"kl: coupled components must come in pairs, got {len(cn)} and {len(cl)}")
         scale = np.sqrt(np.abs(np.concatenate([cn[:, 0, 0], cl[:, 0, 0]])).max())
-        if cn.shape[1] == 1 and max(np.abs(mn).max(), np.abs(ml).max()) <= 1e-12 * scale:
+        if twin is not None:
+            mt, ct = _components(twin, "twin")
+            centred = max(np.abs(mn).max(), np.abs(ml).max(), np.abs(mt).max()) <= 1e-12 * scale
+        else:
+            centred = max(np.abs(mn).max(), np.abs(ml).max()) <= 1e-12 * scale
+        if cn.shape[1] == 1 and centred:
             _check_options(options, "mixture 1-D", "the 1-D mixture estimator")
             bins = options.get("bins", 2048)
             _check_int(bins, "bins", 2)
-            value, se = _mixture_1d(cn[:, 0, 0], cl[:, 0, 0], paired, int(bins))
-            n_finite, n_limit = len(cn), len(cl)
+            value, se = _mixture_1d(cn[:, 0, 0], cl[:, 0, 0], paired, int(bins),
+                                    None if twin is None else ct[:, 0, 0])
+            n_finite, n_limit = len(cn) * (1 if twin is None else 2), len(cl)
         else:
+            if twin is not None:
+                note = "the antithetic twins are not used by the joint estimator (pairs only)"
             _check_options(options, "mixture joint", "the joint mixture estimator")
             if len(cn) == len(cl) == 1 and options:
                 raise ProgramError(f"kl: options {sorted(options)} do not apply: both laws are one Gaussian (the KL "
                                    "is in closed form)")
             value, se, (n_finite, n_limit), _ = _mixture_joint(mn, cn, ml, cl, paired, **_joint_options(options))
             if (n_finite, n_limit) != (len(cn), len(cl)):
-                note = f"used {n_finite} of {len(cn)} finite and {n_limit} of {len(cl)} limit components"
+                note = "; ".join(filter(None, [note, f"used {n_finite} of {len(cn)} finite and {n_limit} of "
+                                                     f"{len(cl)} limit components"]))
     if not (math.isfinite(value) and (math.isnan(se) and method in ("kde", "fftkde") or math.isfinite(se))):
         raise ProgramError(f"kl: method {method!r} gave a non-finite estimate ({value} ± {se}): the samples' laws "
                            "barely overlap where the estimator looks; KL is not resolved")
@@ -362,16 +374,21 @@ def _node_weights(left, frac, bins: int) -> np.ndarray:
     return w / len(left)
 
 
-def _mixture_1d(var_n, var_l, paired: bool, bins: int = 2048):
+def _mixture_1d(var_n, var_l, paired: bool, bins: int = 2048, twin=None):
+    """1-D zero-mean mixtures (module docstring). With `twin` (paired only), triples (var_n[m], twin[m], var_l[m]):
+    the finite law is the mixture of the units (φ_s + φ_s′)/2 over m, and every O(1/M) bias term and influence is
+    taken per triple."""
     un, ul = np.log(var_n), np.log(var_l)
-    lo, hi = min(un.min(), ul.min()), max(un.max(), ul.max())
+    ut = None if twin is None else np.log(twin)
+    un_all = un if ut is None else np.concatenate([un, ut])
+    lo, hi = min(un_all.min(), ul.min()), max(un_all.max(), ul.max())
     if hi - lo > MAX_LOG_VARIANCE_RANGE:  # the grid grows with the range; such laws are not close in any sense
         raise ProgramError(f"kl: the component variances span a factor e^{hi - lo:.0f} (at most "
                            f"e^{MAX_LOG_VARIANCE_RANGE:g}): the laws are far apart and the mixture grid is not built")
     bins = 1 if hi - lo < 1e-12 else int(bins)
     step = (hi - lo) / (bins - 1) if bins > 1 else 1.0
     nodes = lo + step * np.arange(bins)
-    (ln, fn), (ll, fl) = _linear_binning(un, lo, step, bins), _linear_binning(ul, lo, step, bins)
+    (ln, fn), (ll, fl) = _linear_binning(un_all, lo, step, bins), _linear_binning(ul, lo, step, bins)
     wn, wl = _node_weights(ln, fn, bins), _node_weights(ll, fl, bins)
 
     y, dy = half_line_rule(lo, hi)  # the half line y = e^t, Simpson in t: every component resolved
@@ -387,13 +404,29 @@ def _mixture_1d(var_n, var_l, paired: bool, bins: int = 2048):
 
     # O(1/M) bias of the plug-in: ½∫ Var f̂_n / f_n + f_n Var f̂_∞ / f_∞² − 2 Cov(f̂_n, f̂_∞) / f_∞.
     Mn, Ml = len(var_n), len(var_l)
-    phi_sq = phi ** 2
-    sq_n, sq_l = _log_mix(wn, phi_sq, log_phi, 2.0), _log_mix(wl, phi_sq, log_phi, 2.0)
-    del phi_sq
-    second = (np.exp(sq_n - log_fn) - f_n) / Mn + (np.exp(log_fn + sq_l - 2 * log_fl) - f_n) / Ml
     if paired:
-        second -= 2 * (np.exp(_log_cross_moment(un, ul, y) - log_fl) - f_n) / Mn
-    bias = np.sum(dy * second)  # ½ · 2 (both half lines)
+        # ½∫ Var(g − r φ_t)/(M f_n), g the finite unit of a pair (φ_s) or of twins ((φ_s + φ_s′)/2), r = f_n/f_∞
+        # (the quadratic term of the KL in (δf_n, δf_∞)), summed component by component: its three moments
+        # apart would cancel only to the binning's accuracy, far above KL at large n. On every 8th point of
+        # the rule (trapezoid in log y): the integrand is smooth there
+        y_c, f_c, r_c = y[::8], f_n[::8], np.exp(np.minimum(log_ratio[::8], 700.0))
+        t_c = np.log(y_c)
+        dy_c = np.zeros(len(y_c))
+        dy_c[1:] += np.diff(t_c) / 2
+        dy_c[:-1] += np.diff(t_c) / 2
+        dy_c = dy_c * y_c
+        dy_c[0] += y_c[0]
+        twin_logs = un if ut is None else ut
+        spread = paired_bias_integrand(y_c, r_c, np.exp(-un), un, np.exp(-twin_logs), twin_logs, np.exp(-ul), ul,
+                                       ut is not None)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            bias = float(np.sum(np.where(f_c > 0, dy_c * spread / f_c, 0.0))) / Mn  # ½ · 2 (both half lines)
+    else:
+        phi_sq = phi ** 2
+        sq_n, sq_l = _log_mix(wn, phi_sq, log_phi, 2.0), _log_mix(wl, phi_sq, log_phi, 2.0)
+        del phi_sq
+        second = (np.exp(sq_n - log_fn) - f_n) / Mn + (np.exp(log_fn + sq_l - 2 * log_fl) - f_n) / Ml
+        bias = np.sum(dy * second)  # ½ · 2 (both half lines)
 
     # Influence functions at the nodes, then at each component by the same linear interpolation.
     psi_nodes = 2 * (phi @ (dy * log_ratio))  # = (2 φ) @ …: scaling by 2 is exact
@@ -403,6 +436,8 @@ def _mixture_1d(var_n, var_l, paired: bool, bins: int = 2048):
     np.exp(np.minimum(capped, 700.0, out=capped), out=capped)
     chi_nodes = 2 * (phi @ dy - capped @ dy)
     psi = _interpolate(psi_nodes, ln, fn, bins)
+    if ut is not None:
+        psi = (psi[:Mn] + psi[Mn:]) / 2  # per triple
     chi = _interpolate(chi_nodes, ll, fl, bins)
     if paired:
         first = np.var(psi + chi, ddof=1) / Mn if Mn > 1 else 0.0
@@ -428,20 +463,6 @@ def _interpolate(values, left, frac, bins):
     if bins == 1:
         return np.full(len(left), values[0])
     return values[left] * (1 - frac) + values[left + 1] * frac
-
-
-def _log_cross_moment(un, ul, y, bins: int = 96):
-    """log E_m[φ_{s_m}(y) φ_{t_m}(y)] over pairs, from a coarse joint histogram of (log s², log t²)."""
-    lo, hi = min(un.min(), ul.min()), max(un.max(), ul.max())
-    edges = np.linspace(lo, hi + 1e-12, bins + 1)
-    cell_n = np.clip(np.searchsorted(edges, un, side="right") - 1, 0, bins - 1)
-    cell_l = np.clip(np.searchsorted(edges, ul, side="right") - 1, 0, bins - 1)
-    cells, counts = np.unique(cell_n * bins + cell_l, return_counts=True)
-    centers = (edges[:-1] + edges[1:]) / 2
-    a, b = centers[cells // bins], centers[cells % bins]
-    log_terms = (-0.5 * y[None] ** 2 * (np.exp(-a) + np.exp(-b))[:, None] - 0.5 * (a + b)[:, None]
-                 - math.log(2 * math.pi) + np.log(counts / len(un))[:, None])
-    return logsumexp(log_terms, axis=0)
 
 
 def _mixture_joint(mn, cn, ml, cl, paired: bool, eval_components=None, density_components=None, points=None,

@@ -98,7 +98,7 @@ def run_task(task) -> dict | list:
         if task.width is None or task.reference is not None:
             raise ProgramError("coupled draws pair a finite-width network with its own limit; "
                                "use estimator 'mixture' here")
-        draws = netsor.simulate_coupled(task.program, task.width, variables, task.size, ss(3))
+        draws = netsor.simulate_coupled(task.program, task.width, variables, task.size, ss(3), antithetic=True)
         estimate = kl(draws, method="coupled", **options)
     elif task.estimator == "mixture":
         if task.width is None:
@@ -342,6 +342,22 @@ def fit_rate(df: pd.DataFrame, against: str = "width", min_snr: float = 3.0, lev
         q = stats.norm.ppf(0.5 + level / 2)
     slope_se = math.sqrt(var)
     return RateFit(-slope, slope_se, (-slope - q * slope_se, -slope + q * slope_se), intercept, points, against, value)
+
+
+def local_slopes(df: pd.DataFrame, against: str = "width", min_snr: float = 3.0, value: str = "kl",
+                 se: str = "se") -> pd.DataFrame:
+    """The local decay exponent between neighbouring resolved points, −Δlog KL / Δlog x, with its SE by the delta
+    method treating the points as independent (an overstatement where they share random numbers, e.g. coupled
+    draws across widths): one row per pair of neighbours (columns `from`, `to`, slope, se)."""
+    try:
+        points = summarize(df, against, min_snr, value, se)
+    except ProgramError as exc:
+        raise ProgramError(f"local_slopes: {exc}") from None
+    used = points[points["used"]].sort_values(against)
+    x, y, s = (used[c].to_numpy(float) for c in (against, value, "se"))
+    step = np.diff(np.log(x))
+    return pd.DataFrame({"from": x[:-1], "to": x[1:], "slope": -np.diff(np.log(y)) / step,
+                         "se": np.hypot(s[:-1] / y[:-1], s[1:] / y[1:]) / step})
 
 
 # ---- the constant of KL = c/n²

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from ..ir.nonlinearities import CODE_CLIP, CODE_RELU  # the codes front_layer_grams applies itself (identity: none)
+from ..ir.nonlinearities import CODE_CLIP, CODE_RELU  # the codes the kernels here apply themselves (identity: none)
 
 _JIT = dict(nogil=True, cache=True)
 
@@ -17,14 +17,41 @@ _JIT = dict(nogil=True, cache=True)
 FRONT_CHUNK = 256  # coordinates whose normals are drawn at once, in a tight loop, before they are used
 
 
+@numba.njit(inline="always", **_JIT)
+def _phi(code, bound, x):
+    """φ of a front column: relu, clip at ±bound, or the identity (the one place the kernels apply it)."""
+    if code == CODE_RELU:
+        return max(x, 0.0)
+    if code == CODE_CLIP:
+        return min(max(x, -bound), bound)
+    return x
+
+
+@numba.njit(**_JIT)
+def layer_row0(factors, offsets, col_matrix, col_arg, col_phi, col_bound, z0, row0):
+    """Coordinate 0 of the front columns, x_c = φ_c((L_j z)_a) with z = z0[s] (S, D): matrix j = col_matrix[c]
+    with lower-triangular factor L_j = factors[s, j] (a single factors[0] serves every network: the limit's),
+    argument a = col_arg[c], its normals at offsets[j] among the D. Writes row0 (S, m)."""
+    S, m = row0.shape
+    shared = factors.shape[0] == 1
+    for s in range(S):
+        f = 0 if shared else s
+        for c in range(m):
+            j, a, o = col_matrix[c], col_arg[c], offsets[col_matrix[c]]
+            acc = 0.0
+            for b in range(a + 1):
+                acc += factors[f, j, a, b] * z0[s, o + b]
+            row0[s, c] = _phi(col_phi[c], col_bound[c], acc)
+
+
 @numba.njit(**_JIT)
 def front_layer_grams(rng, width, factors, ranks, col_matrix, col_arg, col_phi, col_bound, row0, gram):
-    """One layer of a nonlinear front, streamed over the width without materialising any n-vector.
+    """One layer of a nonlinear front, streamed over coordinates 1..n−1 without materialising any n-vector.
 
     Matrix j (of `q`) applied to its k_j arguments gives rows u = L_j z, z ~ N(0, I_{k_j}), iid over the n
     coordinates, with L_j = factors[s, j, :k_j, :k_j] lower-triangular per network s. Column c of the front is
-    φ_c(u[col_arg[c]]) of matrix col_matrix[c] (φ: identity, relu, clip at ±col_bound[c]). Writes coordinate 0
-    of the columns into row0 (S, m) and their Gram Σ_α x_α x_αᵀ into gram (S, m, m). Normals are drawn network
+    φ_c(u[col_arg[c]]) of matrix col_matrix[c] (`_phi`). Coordinate 0 is given (row0 (S, m), from `layer_row0`);
+    writes the columns' Gram Σ_α x_α x_αᵀ over all n coordinates into gram (S, m, m). Normals are drawn network
     by network, in chunks of FRONT_CHUNK coordinates, within a chunk normal by normal (matrix j's argument a)
     and then coordinate by coordinate."""
     S, q, kmax, _ = factors.shape
@@ -40,8 +67,8 @@ def front_layer_grams(rng, width, factors, ranks, col_matrix, col_arg, col_phi, 
     for s in range(S):
         for a in range(m):
             for b in range(m):
-                acc[a, b] = 0.0
-        for start in range(0, width, FRONT_CHUNK):
+                acc[a, b] = row0[s, a] * row0[s, b]
+        for start in range(1, width, FRONT_CHUNK):
             count = min(FRONT_CHUNK, width - start)
             for d in range(draws):
                 for alpha in range(count):
@@ -60,17 +87,11 @@ def front_layer_grams(rng, width, factors, ranks, col_matrix, col_arg, col_phi, 
                     zr = z[o + b]
                     for alpha in range(count):
                         out[alpha] += f * zr[alpha]
-                phi = col_phi[c]
-                if phi == CODE_RELU:
-                    for alpha in range(count):
-                        out[alpha] = max(out[alpha], 0.0)
-                elif phi == CODE_CLIP:
-                    bound = col_bound[c]
-                    for alpha in range(count):
-                        out[alpha] = min(max(out[alpha], -bound), bound)
-            if start == 0:
-                for c in range(m):
-                    row0[s, c] = X[c, 0]
+                code, bound = col_phi[c], col_bound[c]
+                if code != CODE_RELU and code != CODE_CLIP:
+                    continue
+                for alpha in range(count):
+                    out[alpha] = _phi(code, bound, out[alpha])
             for a in range(m):
                 xa = X[a]
                 for b in range(a, m):
@@ -86,36 +107,27 @@ def front_layer_grams(rng, width, factors, ranks, col_matrix, col_arg, col_phi, 
 
 
 @numba.njit(**_JIT)
-def unclipped_layer_grams(E, z0, T, col_phi, col_bound, row0, gram):
-    """Columns u_c = Z e_c of Z = [z0ᵀ; Z′] with Z′ᵀZ′ = T Tᵀ, from their Gram alone: row0 = E z0 and
-    gram = E (z0 z0ᵀ + T Tᵀ) Eᵀ per network, (S, m, D), (S, D), (S, D, D). Returns, per network, whether no
-    coordinate of a clipped column can exceed its bound (|u_α| ≤ ‖u‖₂ ≤ c), i.e. whether clip changes nothing
-    and these are the columns' row 0 and Gram exactly."""
+def layer_grams_from_bartlett(E, T, row0, gram, norms2):
+    """The front's Gram when no coordinate but coordinate 0 is clipped: gram = x₀x₀ᵀ + E T Tᵀ Eᵀ per network,
+    with x₀ = row0 (S, m) (coordinate 0, φ applied), E (S, m, D) the columns' factors and T (S, D, D) Bartlett's
+    factor of the other n − 1 rows' normals (Z′ᵀZ′ = T Tᵀ). Writes gram (S, m, m) and norms2 (S, m), the squared
+    norms ‖u_c‖² = (E T Tᵀ Eᵀ)_cc of the columns over coordinates 1..n−1 (what decides whether a clip can act)."""
     S, m, D = E.shape
-    ok = np.empty(S, dtype=np.bool_)
     F = np.empty((m, D))
     for s in range(S):
         for c in range(m):
-            acc = 0.0
-            for d in range(D):
-                acc += E[s, c, d] * z0[s, d]
-            row0[s, c] = acc
             for d in range(D):
                 acc = 0.0
                 for e in range(d, D):
                     acc += E[s, c, e] * T[s, e, d]
                 F[c, d] = acc
-        good = True
         for a in range(m):
             for b in range(a, m):
-                acc = row0[s, a] * row0[s, b]
+                acc = 0.0
                 for d in range(D):
                     acc += F[a, d] * F[b, d]
+                if a == b:
+                    norms2[s, a] = acc
+                acc += row0[s, a] * row0[s, b]
                 gram[s, a, b] = acc
                 gram[s, b, a] = acc
-            if col_phi[a] == CODE_CLIP and not gram[s, a, a] <= col_bound[a] * col_bound[a]:
-                good = False
-        ok[s] = good
-    return ok
-
-

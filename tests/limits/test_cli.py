@@ -58,7 +58,7 @@ def test_kl_writes_table_csv_and_figures(tmp_path, capsys):
     assert main(["kl", "--inputs", "gaussian", "--seq-len", "3", "--widths", "16,64", "--size", "3000",
                  "--seeds", "2", "--out", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr().out
-    assert "width" in printed and "mixture" in printed
+    assert "width" in printed and "coupled" in printed and "local slope −Δlog KL/Δlog n: 16→64: " in printed
     df = pd.read_csv(out / "kl_vs_width.csv")
     assert df[["width", "seed"]].values.tolist() == [[16, 0], [16, 1], [64, 0], [64, 1]]
     assert (out / "kl_vs_width.png").stat().st_size > 1000 and (out / "kl_vs_width.pdf").exists()

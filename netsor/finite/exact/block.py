@@ -1,41 +1,49 @@
 """One block of exact finite-width networks (or of coupled limit draws) from Grams and row 0."""
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 
 from ...compiled.linalg import softmax_columns
 from ...compiled.linear import add_scaled_at, bipartite_gram, sandwiches_at
-from ...compiled.wishart import standard_normals
+from ...compiled.wishart import bartlett_factor, standard_normals
 from ...errors import ProgramError
 from ...ir.program import WIDTH, Dot, Input, LinComb, MatMul, Matrix, Moment, Scalar, SoftmaxEntry, Vector
 from ...ir.semantics import derived_value, scalar_function_value
 from ...random import stream
-from .front import _draw_uses, _explicit_row_factor, _front_values, _row_factor, _wishart
+from .antithetic import antithetic_factor
+from .front import _draw_uses, _explicit_row_factor, _front_values, _row_factor, _twin_wishart, _wishart
 from .linear import _linear_program
 from .plan import ExactPlan, _linear_source
 
 
 def simulate_exact_block(plan: ExactPlan, width: int, targets, root, block: int, count: int,
-                         limit: bool = False, moments: bool = False):
+                         limit: bool = False, moments: bool = False, twin: bool = False):
     """`count` networks of block `block`: coordinate 0 of each vector target, the value of each scalar target.
 
     limit=True draws the n → ∞ law from the *same* random numbers (row 0 b₀ and Bartlett's below-diagonal
     normals Ξ): G/n → I and (G − nI)/sqrt(n) → Ξ + Ξᵀ, so 1/sqrt(n) dots of disjoint supports become c_uᵀ(Ξ+Ξᵀ)c_v
     and matrix row covariances σ² CᵀC. moments=True also returns the mean and covariance of the draws given
     everything but the row-0 entries of free columns (those no Gram reads), (S, k) and (S, k, k).
+    twin=True draws the antithetic twin of the finite draw (README, *Coupled draws*): the same streams, every
+    Bartlett factor replaced by its twin (`antithetic_factor`) — exactly the finite law again, with the Grams'
+    first-order fluctuations negated. Bartlett normals that also drive an order-one limit quantity (those of a
+    full Gram that a 1/sqrt(n) dot reads) are kept; a bipartite block's Ξ is kept, its factor T twinned.
     """
     M, S = plan.size, count
-    fused = None if limit else _linear_program(plan, width, targets)
+    fused = None if limit or twin else _linear_program(plan, width, targets)
     if fused is not None:
         out, weights, shift = fused.run(root, block, S, moments)
         if not moments:
             return out
         return out, out - shift, np.einsum("skf,slf->skl", weights, weights)
-    if limit and plan.front:
-        raise ProgramError("coupled limit draws do not cover a nonlinear front yet; use inputs with a Gaussian law")
+    if limit and plan.front and plan.layer is None:
+        raise ProgramError("coupled limit draws cover a nonlinear front of one layer (φ(W x) of inputs, φ relu or "
+                           "clip) only; this program's front is deeper")
     front, front_gram = {}, None
-    if plan.layer is not None:  # streamed: only the front columns' row 0 and Gram
-        front_row0, front_gram = plan.layer.sample(root, block, width, S)
+    if plan.layer is not None:  # streamed: only the front columns' row 0 and Gram (limit: no Gram, the metric)
+        front_row0, front_gram = plan.layer.sample(root, block, width, S, limit=limit, twin=twin)
     elif plan.front:
         front = _front_values(plan, width, root, block, S)
         if plan.front_columns:
@@ -52,10 +60,24 @@ def simulate_exact_block(plan: ExactPlan, width: int, targets, root, block: int,
         if not plan.read_components[i]:  # nothing reads this Gram
             grams.append(None)
             continue
+        if int(cols[0]) in front_cols:  # explicit front vectors: their Gram, exactly (limit: the metric n·E[φφᵀ])
+            at = np.array([front_cols[int(c)] for c in cols])
+            grams.append(None if limit else front_gram[:, at[:, None], at[None, :]])
+            continue
         dof = width if plan.gram_only[i] else width - 1  # b₀ = 0 on gram-only components
         halves = plan.bipartite[i]
         if halves is not None and (limit or dof >= len(halves[0])):  # only G_AB is read
             A, B = halves
+            if twin:  # G_AB = b_A b_Bᵀ + T′Ξ: bipartite_gram's Ξ and T from the same streams, T twinned
+                xi = standard_normals(stream(root, block, 1, i), np.empty((S, len(A), len(B))))
+                T = antithetic_factor(bartlett_factor(stream(root, block, 7, i), stream(root, block, 2, i), dof,
+                                                      len(A), S), dof)
+                rows = b0[:, cols]
+                G = np.zeros((S, len(cols), len(cols)))
+                G[:, A[:, None], B[None, :]] = rows[:, A, None] * rows[:, None, B] + T @ xi
+                G[:, B[:, None], A[None, :]] = G[:, A[:, None], B[None, :]].transpose(0, 2, 1)
+                grams.append(G)
+                continue
             grams.append(bipartite_gram(stream(root, block, 1, i), stream(root, block, 7, i), stream(root, block, 2, i),
                                         dof, A, B, np.ascontiguousarray(b0[:, cols]), limit))
             continue
@@ -66,12 +88,9 @@ def simulate_exact_block(plan: ExactPlan, width: int, targets, root, block: int,
             xi[:, below[0], below[1]] = standard_normals(stream(root, block, 1, i), np.empty((S, len(below[0]))))
             grams.append(xi + xi.transpose(0, 2, 1))
             continue
-        if int(cols[0]) in front_cols:  # explicit front vectors: their Gram, exactly
-            at = np.array([front_cols[int(c)] for c in cols])
-            grams.append(front_gram[:, at[:, None], at[None, :]])
-            continue
-        grams.append(_wishart(stream(root, block, 1, i), stream(root, block, 2, i), dof, len(cols), S,
-                              None if plan.gram_only[i] else np.ascontiguousarray(b0[:, cols])))
+        draw = partial(_twin_wishart, flip_below=i not in plan.sqrt_read_components()) if twin else _wishart
+        grams.append(draw(stream(root, block, 1, i), stream(root, block, 2, i), dof, len(cols), S,
+                          None if plan.gram_only[i] else np.ascontiguousarray(b0[:, cols])))
     return outputs_given_grams(plan, width, targets, root, block, S, limit, moments, b0, grams, front)
 
 
@@ -165,14 +184,36 @@ class _Steps:
                 component, iu, iv = plan.local(u, v)
                 values[key] = sandwiches_at(self.row_factor(Wu), self.grams[component], iu, iv, self.row_factor(Wv))
             return values[key][i, j] / float(width) ** s.exponent
-        cu, cv = self.full(s.args[0]), self.full(s.args[1])
-        inner = np.einsum("sm,sm->s", cu, cv)  # the order-n part of G
+        u, v = s.args
+        inner = self.order_n(u, v)  # the order-n part of G
         if s.exponent == 1.0:
             return inner
-        if np.any(np.abs(inner) > 1e-9 * np.sqrt(np.einsum("sm,sm->s", cu, cu) * np.einsum("sm,sm->s", cv, cv))):
-            raise ProgramError(f"{s.name} := {s.definition()}: E[Z^{s.args[0].name} Z^{s.args[1].name}] ≠ 0, so the "
+        if np.any(np.abs(inner) > 1e-9 * np.sqrt(self.order_n(u, u) * self.order_n(v, v))):
+            raise ProgramError(f"{s.name} := {s.definition()}: E[Z^{u.name} Z^{v.name}] ≠ 0, so the "
                                f"dot diverges as n → ∞ and has no coupled limit")
-        return self.bilinear(*s.args) if s.exponent == 0.5 else np.zeros(self.S)
+        if s.exponent != 0.5:
+            return np.zeros(self.S)
+        iu, iv = np.intersect1d(plan.cols(u), plan.cols(v), return_indices=True)[1:]
+        if np.any(self.coefficients(u)[:, iu] * self.coefficients(v)[:, iv] != 0):
+            # (G_ii − n)/sqrt(n) → N(0, 2) from χ², which the coupled limit does not draw (Ξ + Ξᵀ has no diagonal)
+            raise ProgramError(f"{s.name} := {s.definition()}: the two sides of this 1/sqrt(n) dot share basis "
+                               f"columns, whose Gram diagonal has no coupled limit draw (nor a netsor.limit law)")
+        if self.grams[plan.local(u, v)[0]] is None:
+            raise ProgramError(f"{s.name} := {s.definition()}: a 1/sqrt(n) dot of vectors computed through a "
+                               f"nonlinearity has no coupled limit draw yet (its Gaussian fluctuation is not drawn)")
+        return self.bilinear(u, v)
+
+    def order_n(self, u: Vector, v: Vector) -> np.ndarray:
+        """lim G/n between u and v, per network: c_uᵀ P c_v, P = I on Gaussian columns and the front's kernel
+        E[φ φᵀ] on its columns (`ExactPlan.limit_metric`), summed over the columns the two can share."""
+        plan = self.plan
+        iu, iv = plan.cols(u), plan.cols(v)
+        metric = plan.limit_metric()
+        if metric is None:
+            _, at_u, at_v = np.intersect1d(iu, iv, return_indices=True)
+            return np.einsum("sm,sm->s", self.coefficients(u)[:, at_u], self.coefficients(v)[:, at_v])
+        block = metric[np.ix_(iu, iv)]
+        return np.einsum("sm,mk,sk->s", self.coefficients(u), block, self.coefficients(v))
 
     def linear_row_factor(self, matrix: Matrix) -> np.ndarray:
         """L with L Lᵀ = σ² CᵀGC/n (limit: σ² CᵀC), the row covariance of W applied to its width-n arguments."""
@@ -183,7 +224,10 @@ class _Steps:
         for j, a in enumerate(args):
             Cu[:, plan.within(args, a), j] = self.coefficients(a)
         if self.limit:
-            return _row_factor(matrix.var * np.einsum("smi,smj->sij", Cu, Cu))
+            metric = plan.limit_metric()
+            if metric is None:
+                return _row_factor(matrix.var * np.einsum("smi,smj->sij", Cu, Cu))
+            return _row_factor(matrix.var * np.einsum("smi,mk,skj->sij", Cu, metric[np.ix_(used, used)], Cu))
         component, local, _ = plan.local(args, args)
         Ct = Cu.transpose(0, 2, 1)  # σ² CᵀGC/n is the sandwich Cᵀ G (Cᵀ)ᵀ; it comes network-last
         congruence = sandwiches_at(Ct, self.grams[component], local, local, Ct).transpose(2, 0, 1)

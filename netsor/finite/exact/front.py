@@ -3,15 +3,19 @@
 Every function takes the `plan.ExactPlan` that builds its front from this module (so this module does not import it)."""
 from __future__ import annotations
 
-import numpy as np
+import math
 
-from ...compiled.front import front_layer_grams, unclipped_layer_grams
+import numpy as np
+from scipy.special import betaln, logsumexp
+
+from ...compiled.front import front_layer_grams, layer_grams_from_bartlett, layer_row0
 from ...compiled.linalg import semidefinite_cholesky_rows
 from ...compiled.wishart import bartlett_factor, bartlett_wishart, standard_normals
 from ...ir.nonlinearities import CODE_CLIP, CODE_IDENTITY, CODE_RELU
 from ...ir.program import WIDTH, Input, MatMul, Matrix, Node
 from ...ir.semantics import derived_value
 from ...random import stream
+from .antithetic import antithetic_factor
 
 STREAMED_CODES = (CODE_IDENTITY, CODE_RELU, CODE_CLIP)  # what compiled.front.front_layer_grams applies
 EXPLICIT_ROWS = 1 << 27  # floats of the explicit rows FrontLayer._from_gram may draw for one network (1 GiB)
@@ -70,59 +74,186 @@ class FrontLayer:
         self.col_var = np.array([self.var[j] * float(self.lifts[j][a] @ self.lifts[j][a])
                                  for j, a in zip(matrix_of, arg_of)])
         self.offsets = np.concatenate([[0], np.cumsum(self.ranks)[:-1]]).astype(np.int64)
+        kmax = int(self.ranks.max())
+        # the n → ∞ row factors: XᵀX/n → I in the inputs' basis, so L_j L_jᵀ = σ_j² A_j A_jᵀ (one for every network)
+        self.limit_factors = np.zeros((1, len(self.matrices), kmax, kmax))
+        for j, (lift, var) in enumerate(zip(self.lifts, self.var)):
+            k = lift.shape[0]
+            self.limit_factors[0, j, :k, :k] = _row_factor(var * (lift @ lift.T)[None])[0]
 
     def streams(self, width: int) -> bool:
-        """Whether a network's n rows are streamed, or (no relu, and clip bounds the columns rarely reach:
-        ‖u‖₂² = n E[u²] (1 ± O(2/sqrt(n))) stays 4 standard deviations below c²) drawn from their Gram, with
-        explicit rows only for the networks where a clip could act. A function of the width only. Widths whose
-        explicit rows would exceed EXPLICIT_ROWS stream too: memory stays bounded however rare such a network is."""
+        """Whether a network's n rows are streamed (O(n)), or drawn from their Gram (O(1)): the latter where no
+        column is relu and the clip bounds are rarely reached — the bound `_log_clip_bound` on the probability
+        that any of coordinates 1..n−1 clips, at a pessimistic column norm d·E[u²](1 + 8/sqrt(d)), is below
+        GRAM_CLIP_BOUND (each network then checks its own bound and corrects exactly, `_from_gram`). Widths whose
+        explicit rows would exceed EXPLICIT_ROWS stream too: memory stays bounded however rare such a network is.
+        A function of the width only."""
+        d = width - 1
         clipped = self.col_phi == CODE_CLIP
-        return bool(np.any(self.col_phi == CODE_RELU) or not np.any(clipped) or width - 1 < self.draws
-                    or (width - 1) * self.draws > EXPLICIT_ROWS
-                    or np.any(width * self.col_var[clipped] * (1 + 8 / np.sqrt(width)) > self.col_bound[clipped] ** 2))
+        if np.any(self.col_phi == CODE_RELU) or not np.any(clipped) or d < max(self.draws, 4) or \
+                d * self.draws > EXPLICIT_ROWS:
+            return True
+        norms2 = d * self.col_var[clipped] * (1 + 8 / np.sqrt(d))
+        return bool(_log_clip_bound(norms2[None], self.col_bound[clipped] ** 2, d)[0] > math.log(GRAM_CLIP_BOUND))
 
-    def sample(self, root, block: int, width: int, S: int):
-        """Row 0 (S, m) and Gram (S, m, m) of the front columns, in the order of plan.front_columns."""
-        gram_in = _wishart(stream(root, block, 6, 0), stream(root, block, 6, 1), width, self.rank, S)
+    def row0(self, root, block: int, factors: np.ndarray, S: int) -> np.ndarray:
+        """Coordinate 0 of the front columns, φ(L z₀), from the block's own stream of z₀ (S, D): the normals the
+        finite draw and its coupled limit (factors `limit_factors`) share."""
+        z0 = standard_normals(stream(root, block, 6, 3), np.empty((S, self.draws)))
+        row0 = np.empty((S, len(self.col_matrix)))
+        layer_row0(factors, self.offsets, self.col_matrix, self.col_arg, self.col_phi, self.col_bound, z0, row0)
+        return row0
+
+    def sample(self, root, block: int, width: int, S: int, limit: bool = False, twin: bool = False):
+        """Row 0 (S, m) and Gram (S, m, m) of the front columns, in the order of plan.front_columns.
+
+        limit=True: row 0 of the n → ∞ front, φ(L_∞ z₀) from the same z₀, and no Gram (its n → ∞ form is the
+        constant n·E[φ φᵀ], `ExactPlan.limit_metric`). twin=True: the antithetic twin of the finite draw (its
+        Bartlett factors' twins, `antithetic_factor`; a streamed front is drawn again as it is)."""
+        if limit:
+            return self.row0(root, block, self.limit_factors, S), None
+        gram_in = (_twin_wishart if twin else _wishart)(stream(root, block, 6, 0), stream(root, block, 6, 1), width,
+                                                         self.rank, S)
         kmax = int(self.ranks.max())
         factors = np.zeros((S, len(self.matrices), kmax, kmax))
         for j, (lift, var) in enumerate(zip(self.lifts, self.var)):
             k = lift.shape[0]
             factors[:, j, :k, :k] = _row_factor(var / width * (lift @ gram_in @ lift.T))
-        m = len(self.col_matrix)
-        row0, gram = np.empty((S, m)), np.empty((S, m, m))
+        row0 = self.row0(root, block, factors, S)
+        gram = np.empty((S, len(self.col_matrix), len(self.col_matrix)))
         if self.streams(width):
             front_layer_grams(stream(root, block, 6, 2), width, factors, self.ranks, self.col_matrix, self.col_arg,
                               self.col_phi, self.col_bound, row0, gram)
         else:
-            self._from_gram(root, block, width, factors, row0, gram)
+            self._from_gram(root, block, width, factors, row0, gram, twin)
         return row0, gram
 
-    def _from_gram(self, root, block: int, width: int, factors: np.ndarray, row0: np.ndarray, gram: np.ndarray):
-        """Stack the normals of all matrices, Z (n × D), so column c is u_c = Z e_c (e_c: L_j's row for its
-        argument, placed at matrix j's offset). Row 0 z₀ ~ N(0, I) and the other rows' Gram T Tᵀ ~ Wishart(n − 1)
-        (Bartlett) give u's row 0 and Gram. Where every clipped column has ‖u‖₂ ≤ c, no coordinate is clipped and
-        these are exact. Elsewhere the rows are drawn given the Gram: Z′ = Q Tᵀ with Q Haar on the Stiefel
-        manifold, independent of T (the QR decomposition of a Gaussian matrix), then clipped explicitly."""
+    def _from_gram(self, root, block: int, width: int, factors: np.ndarray, row0: np.ndarray, gram: np.ndarray,
+                   twin: bool = False):
+        """The Gram of coordinates 1..n−1 from Bartlett's factor alone, corrected exactly where a clip could act.
+
+        Stack the normals of all matrices, Z′ ((n − 1) × D), so column c is u_c = Z′ e_c (e_c: L_j's row for its
+        argument, placed at matrix j's offset); Z′ᵀZ′ = T Tᵀ ~ Wishart(n − 1) (Bartlett) gives the unclipped Gram.
+        Given T, Z′ = Q Tᵀ with Q Haar on the Stiefel manifold, so u_c is uniform on the sphere of radius
+        r_c = ‖Tᵀe_c‖ and the event E_αc (coordinate α of u_c clips) has probability P(ω₁² > ε_c²), ε_c = b_c/r_c,
+        ω uniform on S^{n−2}. With B a bound on Σ_αc P(E_αc) (`_log_clip_bound`):
+        - B ≥ ½: the rows are drawn given T (Z′ = Q Tᵀ) and clipped explicitly (O(n));
+        - else the network enters a correction with probability B (`bernoulli_exp`) — Karp–Luby–Madras over the
+          union of the E_αc (`_clip_correction`): it returns clipped rows with probability exactly
+          P(any clip | T)/B, distributed as the rows given T and a clip — and keeps the unclipped Gram otherwise.
+        Either way the Gram is exactly the clipped front's (README, *Exact finite-width sampling*)."""
         S, m, D = gram.shape[0], gram.shape[1], self.draws
         E = np.zeros((S, m, D))
         for c, (j, a) in enumerate(zip(self.col_matrix, self.col_arg)):
             k = self.ranks[j]
             E[:, c, self.offsets[j]:self.offsets[j] + k] = factors[:, j, a, :k]
-        z0 = standard_normals(stream(root, block, 6, 3), np.empty((S, D)))
         T = bartlett_factor(stream(root, block, 6, 4), stream(root, block, 6, 5), width - 1, D, S)
-        ok = unclipped_layer_grams(E, z0, T, self.col_phi, self.col_bound, row0, gram)
-        if ok.all():
-            return
-        rng = stream(root, block, 6, 6)
+        if twin:
+            T = antithetic_factor(T, width - 1)
+        norms2 = np.empty((S, m))
+        layer_grams_from_bartlett(E, T, row0, gram, norms2)
         clipped = self.col_phi == CODE_CLIP
-        for s in np.flatnonzero(~ok):
-            Q, R = np.linalg.qr(standard_normals(rng, np.empty((width - 1, D))))
-            Z = np.concatenate([z0[s][None, :], (Q * np.sign(np.diag(R))) @ T[s].T])
+        if not clipped.any():
+            return
+        d = width - 1
+        bound2 = self.col_bound[clipped] ** 2
+        log_bound = _log_clip_bound(norms2[:, clipped], bound2, d)
+        rng = stream(root, block, 6, 6)
+        explicit = np.flatnonzero(log_bound >= math.log(0.5))
+        maybe = np.flatnonzero(log_bound < math.log(0.5))
+        enter = maybe[bernoulli_exp(stream(root, block, 6, 7), log_bound[maybe])]
+        for s in np.concatenate([explicit, enter]):
+            if log_bound[s] >= math.log(0.5):
+                Z = _rows_given_factor(rng, T[s], d)
+            else:
+                Z = _clip_correction(rng, T[s], E[s][clipped], norms2[s, clipped], bound2, d)
+                if Z is None:
+                    continue  # the unclipped Gram stands
             X = Z @ E[s].T
             X[:, clipped] = np.clip(X[:, clipped], -self.col_bound[clipped], self.col_bound[clipped])
-            row0[s] = X[0]
-            gram[s] = X.T @ X
+            gram[s] = np.outer(row0[s], row0[s]) + X.T @ X
+
+
+GRAM_CLIP_BOUND = 1e-3  # widths whose typical clip bound exceeds this stream their rows instead
+
+
+def _log_per_coordinate(norms2: np.ndarray, bound2: np.ndarray, d: int) -> np.ndarray:
+    """log b_c, b_c = ∫ e over β > ε² of the envelope e(β) = ε⁻¹ e^{−κβ} / B(½, (d−1)/2) ≥ the density
+    β^{−½}(1 − β)^κ / B(½, (d−1)/2) of β = ω₁² (ω uniform on S^{d−1}, κ = (d − 3)/2, ε² = b²/r²):
+    log b_c = −log ε − κε² − log κ − log B(½, (d−1)/2) ≥ log P(ω₁² > ε²); −inf where r ≤ b (no clip can act)."""
+    kappa = (d - 3) / 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        eps2 = bound2 / norms2
+        out = -0.5 * np.log(eps2) - kappa * eps2 - math.log(kappa) - betaln(0.5, (d - 1) / 2)
+    return np.where(eps2 < 1, out, -np.inf)
+
+
+def _log_clip_bound(norms2: np.ndarray, bound2: np.ndarray, d: int) -> np.ndarray:
+    """log B, B = d Σ_c b_c ≥ P(some coordinate 1..d of a clipped column exceeds its bound | the Gram), per
+    network: the union bound over coordinates and columns (norms2 (S, c) the squared column norms over the d
+    coordinates, bound2 (c,) the squared bounds; −inf where no column can clip)."""
+    return math.log(d) + logsumexp(_log_per_coordinate(norms2, bound2[None], d), axis=1)
+
+
+def bernoulli_exp(rng, log_p: np.ndarray) -> np.ndarray:
+    """Independent coins with P(True) = exp(log_p) (log_p ≤ 0), exact even far below the smallest double: e^{−t}
+    as ⌊t⌋ coins of probability e^{−1} and one of e^{−(t − ⌊t⌋)} (the expected number of uniforms is < 1.6)."""
+    log_p = np.asarray(log_p, dtype=float).copy()
+    alive = np.isfinite(log_p)
+    out = np.zeros(len(log_p), dtype=bool)
+    while alive.any():
+        at = np.flatnonzero(alive)
+        u = rng.random(len(at))
+        whole = log_p[at] < -1
+        alive[at[whole & (u >= math.exp(-1))]] = False  # a factor e^{−1} failed
+        log_p[at[whole]] += 1
+        last = at[~whole]
+        out[last] = u[~whole] < np.exp(log_p[last])
+        alive[last] = False
+    return out
+
+
+def _rows_given_factor(rng, T: np.ndarray, d: int) -> np.ndarray:
+    """Z′ = Q Tᵀ (d × D), Q Haar on the Stiefel manifold (QR of a Gaussian matrix, signs fixed): the rows given
+    their Gram T Tᵀ."""
+    Q, R = np.linalg.qr(standard_normals(rng, np.empty((d, T.shape[0]))))
+    return (Q * np.sign(np.diag(R))) @ T.T
+
+
+def _clip_correction(rng, T: np.ndarray, E: np.ndarray, norms2: np.ndarray, bound2: np.ndarray, d: int):
+    """Karp–Luby–Madras for the union of E_αc (coordinate α of clipped column c clips), given Bartlett's T: returns
+    rows Z′ (d × D) with probability P(∪ E_αc | T)/B, distributed as the rows given T and the union, else None.
+
+    Pick (α, c) with probability b_c/Σb (α uniform: the rows are exchangeable, so α is the first); draw β = ω_α²
+    from the envelope e ∝ e^{−κβ} on β > ε_c² and keep it with probability f/e (so (α, c) is kept with probability
+    P(E_αc)/b_c and β has its law given E_αc); put ω_α = ±sqrt(β) into the Haar frame by a reflection (the frame
+    given Q t̂ = v is the reflected frame given v′); accept with probability 1/N, N the number of (α, c) that clip."""
+    log_b = _log_per_coordinate(norms2, bound2, d)
+    weights = np.exp(log_b - log_b.max())
+    c = rng.choice(len(log_b), p=weights / weights.sum())
+    kappa = (d - 3) / 2
+    eps2 = bound2[c] / norms2[c]
+    beta = eps2 + rng.standard_exponential() / kappa
+    if beta >= 1 or math.log(rng.random()) >= 0.5 * math.log(eps2 / beta) + kappa * (math.log1p(-beta) + beta):
+        return None
+    Q, R = np.linalg.qr(standard_normals(rng, np.empty((d, T.shape[0]))))
+    Q *= np.sign(np.diag(R))
+    t = T.T @ E[c]
+    t /= np.linalg.norm(t)  # the column's direction in the frame's coordinates: u_c = r_c Q t
+    v = Q @ t
+    target = v.copy()
+    rest = np.linalg.norm(v[1:])
+    target[0] = math.sqrt(beta) * (1.0 if rng.random() < 0.5 else -1.0)
+    target[1:] *= math.sqrt(1 - beta) / rest
+    h = v - target
+    norm_h = np.linalg.norm(h)
+    if norm_h > 0:
+        h /= norm_h
+        Q -= 2 * np.outer(h, h @ Q)  # the reflection taking v to target: Q t = target
+    Z = Q @ T.T
+    U = Z @ E.T
+    count = int(np.count_nonzero(U ** 2 > bound2[None, :]))
+    return Z if rng.random() * count < 1 else None
 
 
 def _wishart(rng_normal, rng_chi, dof: int, M: int, S: int, rows=None) -> np.ndarray:
@@ -135,6 +266,19 @@ def _wishart(rng_normal, rng_chi, dof: int, M: int, S: int, rows=None) -> np.nda
             out += rows[:, :, None] * rows[:, None, :]
         return out
     return bartlett_wishart(rng_normal, rng_chi, dof, M, S, np.zeros((S, 0)) if rows is None else rows)
+
+
+def _twin_wishart(rng_normal, rng_chi, dof: int, M: int, S: int, rows=None, flip_below: bool = True) -> np.ndarray:
+    """The antithetic twin of `_wishart`'s draw from the same streams (`antithetic_factor`: Bartlett's normals
+    negated where `flip_below`, its χ's reflected): Wishart(dof, I_M) exactly, with the first draw's first-order
+    fluctuation negated. Where dof < M (explicit rows ZᵀZ, even in Z) the twin is the draw itself."""
+    if dof < M:
+        return _wishart(rng_normal, rng_chi, dof, M, S, rows)
+    T = antithetic_factor(bartlett_factor(rng_normal, rng_chi, dof, M, S), dof, flip_below)
+    out = np.einsum("sik,sjk->sij", T, T)
+    if rows is not None:
+        out += rows[:, :, None] * rows[:, None, :]
+    return out
 
 
 def _row_factor(row_cov: np.ndarray) -> np.ndarray:

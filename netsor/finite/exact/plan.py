@@ -151,6 +151,35 @@ class ExactPlan:
                 _refuse(culprit, "it mixes a vector computed through a nonlinearity with Gaussian vectors")
         self.layer = self._front_layer()
 
+    def sqrt_read_components(self) -> frozenset:
+        """The Gram components a 1/sqrt(n) dot (outside the front) reads in full: their Bartlett normals are an
+        order-one part of the limit (Ξ + Ξᵀ), not only a fluctuation (bipartite blocks keep Ξ apart)."""
+        if "sqrt read" not in self._cache:
+            read = set()
+            for node in self.needed:
+                if isinstance(node, Dot) and node.index not in self.front and node.args[0].dim == WIDTH and \
+                        node.exponent == 0.5:
+                    cols = self.support(node.args[0]) | self.support(node.args[1])
+                    if cols:
+                        read.add(self.component_of[min(cols)][0])
+            self._cache["sqrt read"] = frozenset(read)
+        return self._cache["sqrt read"]
+
+    def limit_metric(self):
+        """lim G/n of the basis (M, M) when it has front columns: I on Gaussian columns, and on the front columns
+        their limit kernel E[Z^{x_a} Z^{x_b}] as `netsor.limit` derives it (the one copy of the limit's rule); None
+        without a front (then lim G/n = I)."""
+        if "metric" not in self._cache:
+            metric = None
+            if self.front_columns:
+                from ...limit.law import Law  # the limit semantics, needed only by coupled limit draws
+                nodes = {n.index: n for n in self.needed}
+                cols = [c for c, _ in self.front_columns]
+                metric = np.eye(self.size)
+                metric[np.ix_(cols, cols)] = Law(self.program).kernel([nodes[i] for _, i in self.front_columns])
+            self._cache["metric"] = metric
+        return self._cache["metric"]
+
     def _front_layer(self):
         """A front that is one layer, φ(W x) for inputs x, with φ identity, relu or clip: streamed (`FrontLayer`)
         instead of materialised. None for any other front, which is computed node by node."""

@@ -1,4 +1,6 @@
 """Exact finite-width sampling from Gram matrices against dense networks, a closed form, and the limit."""
+import math
+
 import numpy as np
 import pytest
 from scipy import stats
@@ -173,10 +175,52 @@ def test_coupled_conditional_moments_are_the_formula():
     assert ok.all()
 
 
-def test_coupled_refuses_a_front():
-    paper = attention_layer(seq_len=2, heads=1, inputs="paper")
-    with pytest.raises(netsor.ProgramError, match="coupled limit draws do not cover a nonlinear front"):
-        netsor.simulate_coupled(paper.program, 16, paper.outputs, 10)
+@pytest.mark.parametrize("name, width", [("1 head, paper (clip front)", 16), ("3 heads, relu front", 16),
+                                         ("head_dim 2, paper", 8), ("paper, clip 100", 16)])
+def test_coupled_through_a_front_has_both_laws(name, width):
+    """Coupled draws through a nonlinear front of one layer (clip or relu tokens): the finite half is the dense
+    network's law, the limit half is netsor.limit's, and (power) the finite half at this width is not the limit."""
+    kwargs = LAYERS.get(name, dict(seq_len=3, heads=2, inputs="paper"))
+    layer = attention_layer(**kwargs)
+    variables = list(layer.outputs) + [layer.scores[0][0][1]]
+    k = len(layer.outputs)
+    pairs = netsor.simulate_coupled(layer.program, width, variables, 20_000, seed=22)
+    dense = netsor.simulate(layer.program, width, variables, 20_000, seed=23, method="dense")
+    ok, ks, moments = agree(pairs.finite, dense, k)
+    assert ok, (ks, moments)
+    limit = layer.law().sample(variables, 20_000, seed=24)
+    ok, ks, moments = agree(pairs.limit, limit, k)
+    assert ok, (ks, moments)
+    ok, ks, moments = agree(pairs.finite, limit, k)
+    assert not ok, (ks, moments)
+
+
+def test_coupled_through_a_front_differences_shrink_like_one_over_root_n():
+    """Paper tokens (clip at 100: drawn from the front's Gram at every width) and relu tokens (streamed)."""
+    for inputs, widths in (("paper", (64, 1024, 16384)), ("relu", (64, 1024))):
+        layer = attention_layer(seq_len=3, heads=2, inputs=inputs)
+        spread = []
+        for width in widths:
+            pairs = netsor.simulate_coupled(layer.program, width, layer.outputs, 10_000, seed=25)
+            spread.append(np.abs(pairs.finite - pairs.limit).mean())
+        np.testing.assert_allclose(np.array(spread[:-1]) / np.array(spread[1:]), 4.0, rtol=0.25)
+
+
+def test_coupled_refuses_what_it_does_not_draw():
+    from limits import mlp
+    net = mlp(depth=3, nonlinearity="relu")
+    with pytest.raises(netsor.ProgramError, match="front of one layer .* only; h1_1 is computed through a deeper"):
+        netsor.simulate_coupled(net.program, 16, net.outputs, 10)
+    prog = netsor.Program()  # a 1/sqrt(n) dot whose sides share columns: its limit needs the Gram's diagonal
+    x1, x2 = prog.inputs(["x1", "x2"])
+    d = netsor.dot(x1 + x2, x1 - x2, scale="sqrt")
+    assert netsor.simulate(prog, 64, [d], 10).shape == (10, 1)
+    with pytest.raises(netsor.ProgramError, match="share basis columns, whose Gram diagonal has no coupled limit"):
+        netsor.simulate_coupled(prog, 64, [d], 10)
+    paper = attention_layer(seq_len=2, heads=1, inputs="paper")  # a 1/sqrt(n) dot of front vectors
+    x = paper.inputs
+    with pytest.raises(netsor.ProgramError, match=r"a 1/sqrt\(n\) dot needs one side"):
+        netsor.simulate_coupled(paper.program, 64, [netsor.dot(x[0], x[1], scale="sqrt")], 10)
 
 
 def _front_draws(plan, width, seed, size):
@@ -199,6 +243,70 @@ def test_clip_front_from_its_gram_matches_the_streamed_front(monkeypatch, width,
     streamed = _front_draws(plan, width, 20, 50_000)
     monkeypatch.setattr(front.FrontLayer, "streams", lambda self, width: False)
     from_gram = _front_draws(plan, width, 21, 50_000)
+    ks = [stats.ks_2samp(streamed[:, i], from_gram[:, i]).pvalue for i in range(streamed.shape[1])]
+    assert min(ks) > 1e-3 / len(ks), ks
+    assert two_sample_cov_check(streamed, from_gram)[0]
+
+
+def _correction_case(clip, d=63, seed=40):
+    """One network's Bartlett factor T and column factors E of three clipped tokens, and their column norms."""
+    from netsor.compiled.wishart import bartlett_factor
+    rng = np.random.default_rng(seed)
+    T = bartlett_factor(rng, rng, d, 3, 1)[0]
+    E = np.diag([1.0, 0.9, 1.1])  # coordinates of variance about 1
+    norms2 = np.einsum("cd,de,ce->c", E @ T, np.eye(3), E @ T)
+    return T, E, norms2, np.full(3, clip ** 2), d
+
+
+@pytest.mark.parametrize("clip", [2.5, 3.5])
+def test_clip_correction_is_the_law_of_rows_given_their_gram(clip):
+    """Karp–Luby–Madras given Bartlett's T: P(rows returned) · B = P(some coordinate clips | T), and the returned
+    rows are the rows given T and a clip. Brute force: rows given T (Haar frame), clipped when they clip. Power:
+    accepting every proposal (no 1/N) or dropping the envelope's acceptance gives another probability."""
+    from netsor.finite.exact import front
+    T, E, norms2, bound2, d = _correction_case(clip)
+    B = math.exp(front._log_clip_bound(norms2[None], bound2, d)[0])
+    rng = np.random.default_rng(41)
+    size = 10_000
+    brute = [front._rows_given_factor(rng, T, d) @ E.T for _ in range(size)]
+    clipped = np.array([np.any(u ** 2 > bound2) for u in brute])
+    p, se_p = clipped.mean(), clipped.std() / math.sqrt(size)
+    lost = lambda u: float(np.sum(u ** 2 - np.minimum(u ** 2, bound2)))  # what clipping takes off the Gram's trace
+    returned = [front._clip_correction(rng, T, E, norms2, bound2, d) for _ in range(size)]
+    kept = [z @ E.T for z in returned if z is not None]
+    q = len(kept) / size * B
+    se_q = B * math.sqrt(len(kept)) / size
+    assert B >= p and abs(q - p) < 4 * math.hypot(se_p, se_q), (p, q, B)
+    assert stats.ks_2samp([lost(u) for u in kept], [lost(u) for u, c in zip(brute, clipped) if c]).pvalue > 1e-3
+    # power: a sampler without the 1/N returns rows with probability E[N]/B (N the number of clipping (α, c)),
+    # one without the envelope's acceptance with probability ≈ 1; this test tells both from the right one
+    mean_count = np.mean([np.count_nonzero(u ** 2 > bound2) for u in brute])
+    assert abs(mean_count - q) > 6 * math.hypot(se_p, se_q) or clip == 3.5  # at 3.5 two clips at once are rare
+    assert abs(B - q) > 6 * se_q
+
+
+def test_exact_coins_for_tiny_probabilities():
+    from netsor.finite.exact.front import bernoulli_exp
+    rng = np.random.default_rng(43)
+    for p in (0.3, 0.05, 0.004):
+        coins = bernoulli_exp(rng, np.full(200_000, math.log(p)))
+        assert abs(coins.mean() - p) < 4 * math.sqrt(p * (1 - p) / 200_000), (p, coins.mean())
+    assert not bernoulli_exp(rng, np.array([-5000.0, -np.inf] * 1000)).any()
+
+
+@pytest.mark.parametrize("width, clip", [(64, 3.5), (256, 4.0)])
+def test_clip_front_corrected_from_its_gram_matches_the_streamed_front(monkeypatch, width, clip):
+    """Widths where a clip acts in ~5–10% of networks, all drawn from the Gram and corrected where the coin says
+    (not the explicit fallback): the same law as the rows streamed coordinate by coordinate."""
+    from netsor.finite.exact import front
+    from netsor.finite.exact import plan as exact_plan
+    layer = attention_layer(seq_len=3, heads=1, inputs="paper", clip=clip)
+    plan = exact_plan.ExactPlan(layer.program, list(layer.outputs))
+    assert plan.layer.streams(width)  # by default: the bound is not small enough to skip the rows
+    monkeypatch.setattr(front.FrontLayer, "streams", lambda self, width: True)
+    streamed = _front_draws(plan, width, 44, 40_000)
+    monkeypatch.setattr(front.FrontLayer, "streams", lambda self, width: False)
+    from_gram = _front_draws(plan, width, 45, 40_000)
     ks = [stats.ks_2samp(streamed[:, i], from_gram[:, i]).pvalue for i in range(streamed.shape[1])]
     assert min(ks) > 1e-3 / len(ks), ks
     assert two_sample_cov_check(streamed, from_gram)[0]
