@@ -84,7 +84,7 @@ def add_scaled_at(c, term, weight, at):
 # in the same order as by the kernels above (each stream network by network), so the draws are those of the step-by-
 # step path.
 OP_NORMALS, OP_BIPARTITE, OP_WISHART, OP_WISHART_Z, OP_CONST, OP_ZERO, OP_AXPY, OP_FACTOR, OP_GEMV, OP_DOT, \
-    OP_SOFTMAX, OP_OUT_SCALAR, OP_OUT_VECTOR, OP_WEIGHTS = range(14)
+    OP_SOFTMAX, OP_OUT_SCALAR, OP_OUT_VECTOR, OP_WEIGHTS, OP_LOAD = range(15)
 OP_FIELDS = 15
 LINEAR_TILE = 64  # networks whose registers are held at once (each operation runs over them)
 
@@ -123,12 +123,13 @@ def largest_operand(ops, code, field, other_code, other_field):
 
 
 @numba.njit(error_model="numpy", **_JIT)
-def run_linear(gens, ops, ip, fp, reg, S, k, F):
+def run_linear(gens, ops, ip, fp, reg, S, k, F, ext):
     """Run `ops` (n, OP_FIELDS) for S networks, tile by tile (LINEAR_TILE networks), in the registers reg
-    (registers, LINEAR_TILE), zeroed here, with operand pools ip (ints), fp (floats); returns out (S, k) and, when
-    F > 0, the targets' coefficients on the F free columns (S, k, F) and their products with those columns' row 0
-    (S, k) (zeros when F = 0). Every random stream is read by one operation only, network by network, so the
-    order of operations within a tile does not change the draws."""
+    (registers, LINEAR_TILE), zeroed here, with operand pools ip (ints), fp (floats) and per-network inputs ext
+    (S, ·) (a nonlinear front's row 0 and Gram, drawn before the kernel; OP_LOAD reads them); returns out (S, k)
+    and, when F > 0, the targets' coefficients on the F free columns (S, k, F) and their products with those
+    columns' row 0 (S, k) (zeros when F = 0). Every random stream is read by one operation only, network by
+    network, so the order of operations within a tile does not change the draws."""
     out = np.empty((S, k))
     weights = np.zeros((S, k, F))
     shift = np.zeros((S, k))
@@ -312,6 +313,11 @@ def run_linear(gens, ops, ip, fp, reg, S, k, F):
                             x, y = ip[rows + i], ip[rows + j]
                             for t in range(LINEAR_TILE):
                                 reg[e, t] += reg[x, t] * reg[y, t]
+            elif code == OP_LOAD:  # reg[dst + p] = ext[network, at[p]]
+                dst, at, m = ops[o, 1], ops[o, 2], ops[o, 3]
+                for t in range(nt):
+                    for p in range(m):
+                        reg[dst + p, t] = ext[s0 + t, ip[at + p]]
             elif code == OP_OUT_SCALAR:
                 for t in range(nt):
                     out[s0 + t, ops[o, 1]] = reg[ops[o, 2], t]

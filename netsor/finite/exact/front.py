@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.special import betaln, logsumexp
+from scipy.special import betaln
 
 from ...compiled.front import front_layer_grams, layer_grams_from_bartlett, layer_row0
 from ...compiled.linalg import semidefinite_cholesky_rows
@@ -74,6 +74,7 @@ class FrontLayer:
         self.col_var = np.array([self.var[j] * float(self.lifts[j][a] @ self.lifts[j][a])
                                  for j, a in zip(matrix_of, arg_of)])
         self.offsets = np.concatenate([[0], np.cumsum(self.ranks)[:-1]]).astype(np.int64)
+        self._streams: dict[int, bool] = {}
         kmax = int(self.ranks.max())
         # the n → ∞ row factors: XᵀX/n → I in the inputs' basis, so L_j L_jᵀ = σ_j² A_j A_jᵀ (one for every network)
         self.limit_factors = np.zeros((1, len(self.matrices), kmax, kmax))
@@ -87,7 +88,13 @@ class FrontLayer:
         that any of coordinates 1..n−1 clips, at a pessimistic column norm d·E[u²](1 + 8/sqrt(d)), is below
         GRAM_CLIP_BOUND (each network then checks its own bound and corrects exactly, `_from_gram`). Widths whose
         explicit rows would exceed EXPLICIT_ROWS stream too: memory stays bounded however rare such a network is.
-        A function of the width only."""
+        A function of the width only (kept per width: every block asks)."""
+        known = self._streams.get(width)
+        if known is None:
+            known = self._streams[width] = self._decide_streams(width)
+        return known
+
+    def _decide_streams(self, width: int) -> bool:
         d = width - 1
         clipped = self.col_phi == CODE_CLIP
         if np.any(self.col_phi == CODE_RELU) or not np.any(clipped) or d < max(self.draws, 4) or \
@@ -192,7 +199,11 @@ def _log_clip_bound(norms2: np.ndarray, bound2: np.ndarray, d: int) -> np.ndarra
     """log B, B = d Σ_c b_c ≥ P(some coordinate 1..d of a clipped column exceeds its bound | the Gram), per
     network: the union bound over coordinates and columns (norms2 (S, c) the squared column norms over the d
     coordinates, bound2 (c,) the squared bounds; −inf where no column can clip)."""
-    return math.log(d) + logsumexp(_log_per_coordinate(norms2, bound2[None], d), axis=1)
+    logs = _log_per_coordinate(norms2, bound2[None], d)
+    top = logs.max(axis=1)
+    safe = np.where(np.isfinite(top), top, 0.0)  # rows where no column can clip stay −inf
+    with np.errstate(divide="ignore"):
+        return math.log(d) + safe + np.log(np.exp(logs - safe[:, None]).sum(axis=1))
 
 
 def bernoulli_exp(rng, log_p: np.ndarray) -> np.ndarray:

@@ -25,9 +25,11 @@ class LinearProgram:
     order, so its draws are that path's up to rounding, and stay coupled to the limit draws (`simulate_coupled`)."""
 
     def __init__(self, plan: ExactPlan, width: int, targets):
-        if plan.front:
+        if plan.front and plan.layer is None:  # a front of one layer is drawn before the kernel and loaded
             raise _Unsupported
         for node in plan.needed:
+            if node.index in plan.front:
+                continue
             if isinstance(node, Vector) and (node.dim != WIDTH or
                                              (isinstance(node, Nonlin) and not node.phi.linear)):
                 raise _Unsupported
@@ -43,6 +45,12 @@ class LinearProgram:
         self.b0 = np.full(plan.size, -1, dtype=np.int64)  # register of each column's row-0 entry (-1: not drawn)
         self.b0[plan.row0_columns] = self.alloc(drawn) + np.arange(drawn)
         self.op(_ops.OP_NORMALS, 0, self.b0[plan.row0_columns[0]] if drawn else 0, drawn)
+        # the front layer's row 0 and Gram (ext: row 0 (m), then the m × m Gram row-major), over the normals just drawn
+        self.layer = plan.layer
+        m = len(plan.front_columns)
+        front_cols = {col: j for j, (col, _) in enumerate(plan.front_columns)}
+        for col, j in front_cols.items():
+            self.op(_ops.OP_LOAD, self.b0[col], self.pool([j]), 1)
         self.grams = []
         for i, cols in enumerate(plan.components):
             if not plan.read_components[i]:
@@ -51,6 +59,10 @@ class LinearProgram:
             r = len(cols)
             g = self.alloc(r * r)
             self.grams.append(g)
+            if int(cols[0]) in front_cols:
+                at = [front_cols[int(c)] for c in cols]
+                self.op(_ops.OP_LOAD, g, self.pool([m + a * m + b for a in at for b in at]), r * r)
+                continue
             gram_only = plan.gram_only[i]  # Wishart(n), no row 0 (operand -1)
             dof = width if gram_only else width - 1
             rows = -1 if gram_only else self.pool(self.b0[cols])
@@ -123,7 +135,10 @@ class LinearProgram:
         if v.index in self.coef:
             return self.coef[v.index]
         m = len(self.plan.cols(v))
-        if isinstance(v, Input):
+        if ("front", v.index) in self.plan.columns:  # a front vector is its own basis column
+            c = self.alloc(1)
+            self.op(_ops.OP_CONST, c, self.const([1.0]), 1)
+        elif isinstance(v, Input):
             c = self.alloc(m)
             self.op(_ops.OP_CONST, c, self.const(self.plan.factors[id(v.group)][v.position]), m)
         elif isinstance(v, MatMul):
@@ -202,8 +217,13 @@ class LinearProgram:
         columns' row 0 (S, k) (F = 0 unless moments)."""
         gens = tuple(stream(root, block, *key) for key in self.keys)
         F = self.free if moments else 0
+        if self.layer is None:
+            ext = np.zeros((S, 1))
+        else:
+            row0, gram = self.layer.sample(root, block, self.width, S)
+            ext = np.concatenate([row0, gram.reshape(S, -1)], axis=1)
         return run_linear(gens, self.code[moments], self.int_pool, self.float_pool, _registers(self.size), S,
-                          self.k, F)
+                          self.k, F, ext)
 
 
 _SCRATCH = threading.local()  # each thread's register file, reused: a fresh one per block is page faults

@@ -359,7 +359,8 @@ def test_paper_front_is_deterministic_across_chunks_threads_and_sizes(clip):
 
 @pytest.mark.parametrize("width", [16, 1024])
 @pytest.mark.parametrize("kwargs", [dict(inputs="gaussian"), dict(inputs=SPD, tied_qk=True),
-                                    dict(inputs="gaussian", out_proj=False, scaling="linear")])
+                                    dict(inputs="gaussian", out_proj=False, scaling="linear"),
+                                    dict(inputs="paper"), dict(inputs="relu")])  # fronts: loaded into the kernel
 def test_fused_linear_kernel_is_the_step_by_step_path(kwargs, width):
     """The fused per-network kernel (LinearProgram) reads the same random streams as the step-by-step path:
     the same draws and conditional moments up to rounding, so the finite draws stay coupled to the limit path."""
