@@ -21,12 +21,13 @@ import numba  # noqa: E402
 import numpy  # noqa: E402
 import scipy  # noqa: E402
 
-from benchmarks import attention, correction, dense, exact, kl_sweep, lazy, nested_limit, training  # noqa: E402
+from benchmarks import (attention, correction, dense, exact, kl_sweep, lazy, nested_limit, scaling,  # noqa: E402
+                        startup, training)
 
 HERE = Path(__file__).resolve().parent
 SUITES = {"dense": dense.run, "attention": attention.run, "exact": exact.run, "lazy": lazy.run,
           "nested_limit": nested_limit.run, "kl_sweep": kl_sweep.run, "correction": correction.run,
-          "training": training.run}
+          "training": training.run, "startup": startup.run, "scaling": scaling.run}
 
 
 def machine() -> dict:
@@ -67,7 +68,14 @@ def write(rows: list[dict], info: dict) -> None:
     notes = [r["note"] for r in rows if r.get("note")]
     if notes:
         lines += ["", *[f"- {n}" for n in notes]]
-    (HERE / "RESULTS.md").write_text("\n".join(lines) + "\n")
+    # sections written by hand (from the first "## " heading on) are kept as they are
+    try:
+        previous = (HERE / "RESULTS.md").read_text()
+    except OSError:
+        previous = ""
+    start = previous.find("\n## ")
+    kept = previous[start:] if start >= 0 else ""
+    (HERE / "RESULTS.md").write_text("\n".join(lines) + "\n" + kept)
 
 
 def main(argv=None) -> None:

@@ -438,3 +438,19 @@ def test_fit_constant_needs_a_resolved_width():
         sweep.fit_constant(pd.DataFrame({"width": [16]}))
     limit_row = _constant_rows() + [dict(width=math.inf, seed=0, kl=1e-3, se=1e-5)]  # ignored: no n² at n = ∞
     assert sweep.fit_constant(pd.DataFrame(limit_row)).widths == (1024, 4096)
+
+
+def test_local_slopes_between_resolved_neighbours():
+    from limits import local_slopes
+    widths = np.array([16, 64, 256, 1024, 4096])
+    kl = 3.0 * widths ** -2.0 * (1 - 4.0 / widths)  # an n⁻² law with a 1/n correction: slopes rise to 2
+    df = pd.DataFrame({"width": widths, "kl": kl, "se": 0.01 * kl})
+    slopes = local_slopes(df)
+    expected = -np.diff(np.log(kl)) / np.diff(np.log(widths))
+    np.testing.assert_allclose(slopes["slope"], expected, rtol=1e-12)
+    np.testing.assert_allclose(slopes["se"], math.sqrt(2) * 0.01 / math.log(4), rtol=1e-12)
+    assert slopes["slope"].is_monotonic_increasing and abs(slopes["slope"].iloc[-1] - 2) < 3e-3
+    df.loc[df.width == 4096, "se"] = kl[-1]  # a bound (under 3 SE) is skipped, not a neighbour
+    assert local_slopes(df)["to"].tolist() == [64, 256, 1024]
+    with pytest.raises(netsor.ProgramError, match="local_slopes: .*must be positive"):
+        local_slopes(df.assign(width=-df.width))
