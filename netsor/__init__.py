@@ -23,13 +23,10 @@ References cited by short name in the docstrings (full list in the README, *Refe
     Yang   G. Yang, "Tensor Programs I: Wide Feedforward or Recurrent Neural Networks of Any Architecture are
            Gaussian Processes", arXiv:1910.12478
 """
+from importlib import import_module
+
 from . import compiled, parallel, quadrature, random, testing
 from .errors import ProgramError
-from .finite.correction import FiniteWidthCorrection, finite_width_correction
-from .finite.coupled import CoupledDraws, simulate_coupled
-from .finite.dense import block_size as dense_block_size
-from .finite.runner import MAX_WIDTH
-from .finite.simulate import simulate, simulate_with_moments
 from .ir.fingerprint import fingerprint
 from .ir.layers import feedforward, layernorm, mean_pool, residual
 from .ir.nonlinearities import (Clip, LeakyRelu, Nonlinearity, clip, erf, from_sympy, gelu, identity, leaky_relu, relu,
@@ -52,3 +49,23 @@ __all__ = [
     "feedforward", "mean_pool",
     "compiled", "parallel", "quadrature", "random", "testing",
 ]
+
+# The finite-width interpreters load on first use (PEP 562): the limit, and start-up, need none of them.
+_FINITE = {"FiniteWidthCorrection": ("correction", "FiniteWidthCorrection"),
+           "finite_width_correction": ("correction", "finite_width_correction"),
+           "CoupledDraws": ("coupled", "CoupledDraws"), "simulate_coupled": ("coupled", "simulate_coupled"),
+           "dense_block_size": ("dense", "block_size"), "MAX_WIDTH": ("runner", "MAX_WIDTH"),
+           "simulate": ("simulate", "simulate"), "simulate_with_moments": ("simulate", "simulate_with_moments")}
+
+
+def __getattr__(name: str):
+    if name in _FINITE:
+        module, attribute = _FINITE[name]
+        value = getattr(import_module(f".finite.{module}", __name__), attribute)
+        globals()[name] = value  # later lookups skip this hook
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -11,8 +11,8 @@ a MatMul into a fresh matrix, whose coordinate 0 is the network output.
 from __future__ import annotations
 
 import numpy as np
-import sympy
 
+from .._lazy import sympy  # imported at the first symbolic use
 from ..errors import ProgramError
 from .program import Matrix, Vector, lincomb, matmul, moment, nonlin, scalar_fn
 

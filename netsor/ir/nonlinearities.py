@@ -29,9 +29,8 @@ import numbers
 from typing import Callable
 
 import numpy as np
-import scipy.special
-import sympy
 
+from .._lazy import sympy  # imported at the first symbolic use
 from ..errors import ProgramError
 
 # Integer codes of the nonlinearities that compiled kernels apply themselves (each kernel says which it covers).
@@ -260,7 +259,7 @@ def _relu_fn(x):
 
 def _gelu_fn(x):
     # exact GELU x·Φ(x), not the tanh approximation
-    return 0.5 * x * (1.0 + scipy.special.erf(x / math.sqrt(2.0)))
+    return 0.5 * x * (1.0 + _erf_fn(x / math.sqrt(2.0)))
 
 
 def _square_fn(x):
@@ -269,7 +268,13 @@ def _square_fn(x):
 
 identity = _Builtin("identity", "identity", _identity_fn, 1, lambda u: u, linear=True, code=CODE_IDENTITY)
 relu = _Builtin("relu", "relu", _relu_fn, 1, lambda u: sympy.Max(0, u), kinks=(0.0,), code=CODE_RELU)
-erf = _Builtin("erf", "erf", scipy.special.erf, 1, lambda u: sympy.erf(u), code=CODE_ERF)
+def _erf_fn(x):
+    """scipy's erf, imported at the first call: scipy.special is most of the cost of importing netsor."""
+    from scipy.special import erf as scipy_erf
+    return scipy_erf(x)
+
+
+erf = _Builtin("erf", "erf", _erf_fn, 1, lambda u: sympy.erf(u), code=CODE_ERF)
 tanh = _Builtin("tanh", "tanh", np.tanh, 1, lambda u: sympy.tanh(u), code=CODE_TANH)
 gelu = _Builtin("gelu", "gelu", _gelu_fn, 1, lambda u: u * (1 + sympy.erf(u / sympy.sqrt(2))) / 2, code=CODE_GELU)
 square = _Builtin("square", "square", _square_fn, 1, lambda u: u ** 2)  # LayerNorm's mean square

@@ -6,7 +6,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from ..compiled.linalg import quadratic_forms
+from ..compiled.limit import quadratic_form_into
 from ..errors import ProgramError
 from ..ir.nonlinearities import identity
 from ..ir.program import (WIDTH, Dot, Input, LinComb, MatMul, Matrix, Moment, Node, Nonlin, Scalar, ScalarFn,
@@ -98,7 +98,8 @@ class _Calculus:
             for c, arg in zip(v.coeffs, v.args):
                 c = self.scalar(c) if isinstance(c, Scalar) else c
                 for atom, a in self.expansion(arg).items():
-                    out[atom] = out.get(atom, 0.0) + c * a
+                    term = c if isinstance(a, float) and a == 1.0 else c * a  # c · 1.0 is c: no pass for it
+                    out[atom] = out[atom] + term if atom in out else term
         else:
             raise ProgramError(f"{v.name}: the limit has no rule for {type(v).__name__} nodes")
         self._expansion[v.index] = out
@@ -131,14 +132,17 @@ class _Calculus:
             symmetric = key[0] == key[1]
             atoms_u, left = self._coefficients(us)
             atoms_v, right = (atoms_u, left) if symmetric else self._coefficients(vs)
-            total = None
-            # atoms of different matrices (or input groups) are independent: one small form per class
+            total = np.zeros((len(us), len(vs), 1))
+            # atoms of different matrices (or input groups) are independent: one small form per class, each
+            # added into the total by one fused pass
             for rows, cols in _independence_classes(atoms_u, atoms_v):
-                middle = self.atom_kernel([atoms_u[i] for i in rows], [atoms_v[j] for j in cols])
-                part = quadratic_forms(_columns(left, rows), np.ascontiguousarray(middle), _columns(right, cols),
-                                       symmetric)
-                total = part if total is None else _add_stacks(total, part)
-            self._kernels[key] = total if total is not None else np.zeros((len(us), len(vs), 1))
+                middle = np.ascontiguousarray(self.atom_kernel([atoms_u[i] for i in rows], [atoms_v[j] for j in cols]))
+                part = (_columns(left, rows), middle, _columns(right, cols))
+                B = max(a.shape[2] for a in part)
+                if B > total.shape[2]:  # the first per-sample part: the total becomes per sample
+                    total = np.repeat(total, B, axis=2) if total.any() else np.zeros(total.shape[:2] + (B,))
+                quadratic_form_into(total, *part, symmetric)
+            self._kernels[key] = total
         return self._kernels[key]
 
     def _coefficients(self, vs):
@@ -176,7 +180,9 @@ class _Calculus:
             W = us[0][1].matrix
             args_u, args_v = [a.arg for _, a in us], [b.arg for _, b in vs]
             if W.shape[1] == WIDTH:
-                block = W.var * self.kernel_matrix(args_u, args_v)
+                block = self.kernel_matrix(args_u, args_v)
+                if W.var != 1.0:  # x · 1.0 is x: no pass over a per-sample stack for it
+                    block = W.var * block
             else:  # over a fixed dimension: the mean over its N sampled rows
                 ru = np.stack([self.rows(a) for a in args_u])
                 rv = np.stack([self.rows(b) for b in args_v])
@@ -189,6 +195,9 @@ class _Calculus:
                     blocks.append(([i], [j], np.full((1, 1, 1), a.group.cov[a.position, b.position])))
                 elif not (is_gvar(a) and is_gvar(b)):
                     pairs.append((i, j, self.atom_product(a, b)))
+        if not pairs and len(blocks) == 1 and blocks[0][0] == list(range(len(atoms_u))) and \
+                blocks[0][1] == list(range(len(atoms_v))):
+            return blocks[0][2]  # one block covers the whole kernel: no copy
         B = max([1] + [blk.shape[-1] for _, _, blk in blocks] + [np.shape(v)[0] for _, _, v in pairs])
         out = np.zeros((len(atoms_u), len(atoms_v), B))
         for rows, cols, blk in blocks:
@@ -316,10 +325,13 @@ class _Calculus:
     # ---- scalars
     def scalar(self, s: Scalar) -> np.ndarray:
         """The limit of a scalar node given the sampled randomness, (B,)."""
+        value = self._scalars.get(s.index)  # only ever holds this calculus's own (random) scalars
+        if value is not None:
+            return value
         if self._delegate(s):
             return self.base.scalar(s)
-        if s.index in self._scalars:
-            return self._scalars[s.index]
+        if self._inner is None:  # deterministic already (sampling): no context to enter
+            return self._scalar(s)
         with self._deterministic():  # a scalar's value enters everything after it nonlinearly
             return self._scalar(s)
 
@@ -416,14 +428,6 @@ def _columns(coeffs: np.ndarray, index: list[int]) -> np.ndarray:
     if index == list(range(coeffs.shape[1])):
         return coeffs
     return np.ascontiguousarray(coeffs[:, index])
-
-
-def _add_stacks(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """a + b for sample-last stacks where either may be shared (last axis 1)."""
-    if a.shape[2] >= b.shape[2]:
-        a += b
-        return a
-    return b + a
 
 
 class _MomentIntegrand:

@@ -3,7 +3,6 @@ normalised-sum) limit, and a summary of any law by its first two moments."""
 from __future__ import annotations
 
 import numpy as np
-from scipy import stats
 
 from ..errors import ProgramError
 from ..ir.program import Node
@@ -35,6 +34,8 @@ class GaussianLaw:
         arrays = [self.mean, self.cov] + ([] if self.cov_se is None else [self.cov_se])
         if not all(np.all(np.isfinite(a)) for a in arrays):
             raise ProgramError("GaussianLaw: mean, cov and cov_se must be finite")
+        from scipy import stats  # here, not at import: scipy.stats alone costs most of netsor's start-up
+
         try:
             stats.multivariate_normal(self.mean, self.cov, allow_singular=True)
         except ValueError:
@@ -88,6 +89,8 @@ class GaussianLaw:
             raise ProgramError(f"logpdf: points must have last dimension {len(index)}, got shape {y.shape}")
         if not np.all(np.isfinite(y)):
             raise ProgramError("logpdf: points must be finite")
+        from scipy import stats
+
         frozen = stats.multivariate_normal(self.mean[index], self.cov[np.ix_(index, index)], allow_singular=True)
         return np.asarray(frozen.logpdf(y))
 

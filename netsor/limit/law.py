@@ -20,9 +20,9 @@ import math
 from functools import cached_property
 
 import numpy as np
-from scipy.special import logsumexp
 
-from ..compiled.linalg import sample_gaussian, semidefinite_cholesky
+from ..compiled.limit import sample_gaussian_into
+from ..compiled.linalg import semidefinite_cholesky
 from ..errors import ProgramError
 from ..ir.program import WIDTH, Dot, HeadSum, Program, Scalar, Vector, is_row_gvar, is_source, is_sqrt_dot
 from ..parallel import map_blocks
@@ -31,7 +31,6 @@ from .calculus import _Calculus, _Env
 from .gaussian import GaussianLaw
 from .quadrature import gaussian_factor
 from .structure import SAMPLE_BLOCK, _check_zero_kernel, _Structure
-from .symbolic import describe
 
 # Inner draws per sample of the random scalars for conditional integrals without a closed form, in Monte Carlo
 # moments (antithetic pairs): variance E[Var(f | scalars)] / INNER_DRAWS on top of the outer term, at little cost
@@ -39,6 +38,12 @@ from .symbolic import describe
 INNER_DRAWS = 32
 HEAD_SUM_SIZE = 400_000  # draws of one head's random scalars behind the covariance that head sums are sampled from
 HEAD_SUM_STREAM = 1 << 40  # stream key of head-sum draws, beyond every block index
+# Chunks of a block: at most CHUNK_FLOATS values per chunk (arrays that stay in cache, and memory reused, not
+# freshly mapped, from chunk to chunk), never fewer than MIN_CHUNK samples (the Python work of one chunk is spread
+# over that many samples).
+CHUNK_FLOATS = 1 << 20
+MIN_CHUNK = 1 << 12
+NORMAL_ROWS = 256  # samples of normals drawn at a time for a shared-covariance Gaussian: a small array, in cache
 
 
 # --------------------------------------------------------------------------------------------------- the law
@@ -66,6 +71,7 @@ class Law:
         self.structure = _Structure(program)
         self._fine = _Calculus(self.structure)
         self._shared_factors: dict = {}
+        self._plans: dict = {}
         self._check_dot_kernels()
         if self.structure.uncovered_dots:
             raise ProgramError(self.structure.uncovered_dots[0][1])
@@ -246,64 +252,122 @@ class Law:
         return float(self._fine.scalar(node)[0])
 
     # ---- sampling
-    def _map_blocks(self, nodes, size: int, root, work, threads: int | None = None):
+    def _map_blocks(self, nodes, size: int, root, work, threads: int | None = None, chunked: bool = False):
         """Yield work(env, calculus, rng) for each block of samples, in block order, run on a thread pool; each
         block first samples every source the nodes depend on from its own stream, so results do not depend on
-        the thread count."""
-        needed = self.program.ancestors(nodes)
-        sources = [n for n in needed if is_source(n)]
+        the thread count. chunked: a block is worked through in chunks of samples (its streams continued from
+        chunk to chunk), one result per chunk, for a `work` whose draws are sample-major: then results do not
+        depend on the chunking either, and a chunk's arrays stay small enough to be reused from cache."""
+        levels, step = self._sampling_plan(nodes)
+        step = step if chunked else SAMPLE_BLOCK
         blocks = ((b, min(SAMPLE_BLOCK, size - start)) for b, start in enumerate(range(0, size, SAMPLE_BLOCK)))
 
         def run(block):
             b, count = block
-            env = _Env(count)
-            calc = _Calculus(self.structure, env=env, base=self._fine)
-            # one stream per (block, stage): the first samples never depend on how many are drawn
-            self._sample_sources(sources, env, calc, lambda *stage: stream(root, b, 0, *stage))
-            return work(env, calc, stream(root, b, 1))
+            # one stream per (block, stage), continued over the block's chunks: the first samples never depend
+            # on how many are drawn
+            streams: dict = {}
 
-        yield from map_blocks(run, blocks, threads)
+            def rng_for(*stage):
+                if stage not in streams:
+                    streams[stage] = stream(root, b, *stage)
+                return streams[stage]
 
-    def _sample_sources(self, sources, env: _Env, calc: _Calculus, rng_for) -> None:
-        levels = sorted({self.structure.level[s.index] for s in sources})
-        for level in levels:
-            dots = [s for s in sources if is_sqrt_dot(s) and self.structure.level[s.index] == level]
+            out, buffers = [], {}
+            for start in range(0, count, step):
+                env = _Env(min(step, count - start))
+                calc = _Calculus(self.structure, env=env, base=self._fine)
+                self._sample_sources(levels, env, calc, lambda *stage: rng_for(0, *stage), buffers)
+                out.append(work(env, calc, rng_for(1)))
+            return out
+
+        for parts in map_blocks(run, blocks, threads):
+            yield from parts
+
+    def _sampling_plan(self, nodes):
+        """The sources the nodes depend on by level, [(level, dots, whether their vectors are random, row G-vars by
+        dimension)], and the samples per chunk: CHUNK_FLOATS over the values kept per sample (random ancestors, a
+        fixed-dimension vector's N rows each), a power of two in [MIN_CHUNK, SAMPLE_BLOCK]. Cached per set of
+        nodes."""
+        key = tuple(n.index for n in nodes)
+        plan = self._plans.get(key)
+        if plan is None:
+            needed = self.program.ancestors(nodes)
+            sources = [n for n in needed if is_source(n)]
+            levels = []
+            for level in sorted({self.structure.level[s.index] for s in sources}):
+                dots = [s for s in sources if is_sqrt_dot(s) and self.structure.level[s.index] == level]
+                rows = [s for s in sources if is_row_gvar(s) and self.structure.level[s.index] == level]
+                by_dim = [(dim, [g for g in rows if g.dim == dim]) for dim in sorted({g.dim for g in rows})]
+                random = any(self.structure.is_random(v) for d in dots for v in d.args)  # Isserlis per sample
+                levels.append((level, dots, random, by_dim))
+            floats = sum(n.dim if isinstance(n, Vector) and n.dim != WIDTH else 1
+                         for n in needed if self.structure.is_random(n)) + len(nodes) ** 2
+            step = SAMPLE_BLOCK
+            while step > MIN_CHUNK and step * floats > CHUNK_FLOATS:
+                step //= 2
+            plan = self._plans[key] = (levels, step)
+        return plan
+
+    def _sample_sources(self, levels, env: _Env, calc: _Calculus, rng_for, buffers: dict) -> None:
+        """Draw the sources of `_sampling_plan`, level by level, into env; draws with a shared covariance go into
+        `buffers`, arrays kept for the chunks of one block (no fresh memory per chunk)."""
+        for level, dots, random, by_dim in levels:
             if dots:
-                cov, K, a, b = _isserlis(calc, dots)
-                if any(self.structure.is_random(v) for d in dots for v in d.args):
+                key = ("dots",) + tuple(d.index for d in dots)
+                if random:
+                    cov, K, a, b = _isserlis(calc, dots)
                     # kernels that depend on earlier draws: check E[Z^g1 Z^g2] = 0 per sample (the others were
                     # checked once, when the law was built)
                     for d, i, j in zip(dots, a, b):
                         _check_zero_kernel(d, K[np.ix_([i, j], [i, j])])
-                draws = self._gaussian(cov, _normals(rng_for(level, 0), len(dots), env.size),
-                                       ("dots",) + tuple(d.index for d in dots))
+                    draws = self._gaussian(cov, rng_for(level, 0), env.size, key, buffers)
+                else:  # one covariance for all samples: factored once per law, never formed again per block
+                    draws = self._shared_gaussian(key, lambda: _dot_blocks(self._fine, dots), rng_for(level, 0),
+                                                  env.size, buffers)
                 for i, d in enumerate(dots):
                     env.values[d.index] = draws[i]
-            rows = [s for s in sources if is_row_gvar(s) and self.structure.level[s.index] == level]
-            for dim in sorted({g.dim for g in rows}):
-                group = [g for g in rows if g.dim == dim]
+            for dim, group in by_dim:
                 K = calc.atom_kernel(group, group)
-                z = _normals(rng_for(level, 1, dim), len(group), env.size * dim)
                 if K.shape[2] > 1:  # one covariance per sample, shared by its N rows
                     K = np.ascontiguousarray(np.repeat(K, dim, axis=2))
                 key = ("rows",) + tuple(g.index for g in group)
-                draws = self._gaussian(K, z, key).reshape(len(group), env.size, dim)
+                draws = self._gaussian(K, rng_for(level, 1, dim), env.size * dim, key, buffers)
+                draws = draws.reshape(len(group), env.size, dim)
                 for i, g in enumerate(group):
                     env.rows[g.index] = draws[i]
 
-    def _gaussian(self, cov: np.ndarray, z: np.ndarray, key) -> np.ndarray:
-        """Normals z (S, d) mapped through the factor of cov (d, d, B) into (d, S): one factor shared by all
-        samples (factored once per law and set of variables `key`) or one per sample."""
+    def _gaussian(self, cov: np.ndarray, rng, S: int, key, buffers: dict) -> np.ndarray:
+        """S draws (d, S) of N(0, cov), cov (d, d, B), from S × d sample-major normals of rng: one factor shared by
+        all samples (factored once per law and set of variables `key`) or one per sample."""
         if cov.shape[2] > 1:
-            return sample_gaussian(np.ascontiguousarray(cov), z)
-        blocks = self._shared_factors.get(key)
-        if blocks is None:  # independent groups (e.g. heads) are factored separately: less work per sample
-            blocks = self._shared_factors[key] = [
-                (_as_slice(block), semidefinite_cholesky(np.ascontiguousarray(cov[np.ix_(block, block)]))[:, :, 0])
-                for block in independent_blocks(cov[:, :, 0])]
-        out = np.empty((cov.shape[0], z.shape[0]))
-        for index, factor in blocks:
-            out[index] = factor @ z[:, index].T  # BLAS reads the transposed view without a copy
+            return _per_sample_gaussian(cov, _normals(rng, cov.shape[0], S))
+        shared = cov[:, :, 0]
+        return self._shared_gaussian(key, lambda: [(block, shared[np.ix_(block, block)])
+                                                   for block in independent_blocks(shared)], rng, S, buffers)
+
+    def _shared_gaussian(self, key, blocks_of, rng, S: int, buffers: dict) -> np.ndarray:
+        """S draws (d, S) through the factor of a covariance shared by all samples, factored block by independent
+        block once per law and `key` (blocks_of() gives the (indices, covariance) of those blocks), into
+        buffers[key]. The S × d sample-major normals are drawn NORMAL_ROWS samples at a time into one small array
+        (the same numbers as one draw of all: a Generator fills in order)."""
+        factors = self._shared_factors.get(key)
+        if factors is None:  # independent groups (e.g. heads) are factored separately: less work per sample
+            factors = self._shared_factors[key] = _shared_factors(blocks_of())
+        singles, scales, blocks, d = factors
+        buffer = buffers.get(key)
+        if buffer is None or buffer.shape[1] < S:
+            buffer = buffers[key] = np.empty((d, S))
+        out = buffer[:, :S]
+        z = np.empty((min(S, NORMAL_ROWS), d))
+        for start in range(0, S, NORMAL_ROWS):
+            zs = z[:min(NORMAL_ROWS, S - start)]
+            rng.standard_normal(out=zs)
+            columns = slice(start, start + len(zs))
+            if len(singles):  # 1 × 1 blocks (independent variables): f z, as the product with a 1 × 1 factor is
+                out[singles, columns] = scales[:, None] * zs[:, singles].T
+            for index, factor in blocks:
+                out[index, columns] = factor @ zs[:, index].T  # BLAS reads the transposed view without a copy
         return out
 
     def sample(self, variables, size: int, seed=None, threads: int | None = None) -> np.ndarray:
@@ -317,7 +381,8 @@ class Law:
         out = np.empty((size, len(nodes)))
         start = 0
         for part in self._map_blocks(nodes, size, seed_sequence(seed),
-                                     lambda env, calc, rng: self._draw_given_sources(nodes, env, calc, rng), threads):
+                                     lambda env, calc, rng: self._draw_given_sources(nodes, env, calc, rng), threads,
+                                     chunked=True):
             out[start:start + len(part)] = part
             start += len(part)
         _check_finite_draws(out, nodes)
@@ -359,11 +424,11 @@ class Law:
         vectors = [nodes[i] for i in wide]
         if all(calc.is_gaussian(v) for v in vectors):  # draw the requested combinations directly
             K = calc.kernel_matrix(vectors, vectors)
-            out[:, wide] = sample_gaussian(np.ascontiguousarray(K), _normals(rng, len(vectors), S)).T
+            out[:, wide] = _per_sample_gaussian(K, _normals(rng, len(vectors), S)).T
             return out
         gvars = sorted({g for v in vectors for g in calc.frontier(v)}, key=lambda g: g.index)
         K = calc.kernel_matrix(gvars, gvars)
-        g = sample_gaussian(np.ascontiguousarray(K), _normals(rng, len(gvars), S))
+        g = _per_sample_gaussian(K, _normals(rng, len(gvars), S))
         env_values = {gv.index: g[j] for j, gv in enumerate(gvars)}
         memo: dict = {}
         for i in wide:
@@ -396,7 +461,7 @@ class Law:
 
         means, covs = np.empty((size, len(nodes))), np.empty((size, len(nodes), len(nodes)))
         start = 0
-        for m, c in self._map_blocks(nodes, size, seed_sequence(seed), work):
+        for m, c in self._map_blocks(nodes, size, seed_sequence(seed), work, chunked=True):
             means[start:start + len(m)], covs[start:start + len(m)] = m, c
             start += len(m)
         return means, covs
@@ -405,6 +470,7 @@ class Law:
     def logpdf(self, y, variables, mixture_size: int = 4096, seed=0) -> np.ndarray:
         """log density of the joint law at points y (..., k): log mean_m N(y; μ_m, C_m) over `mixture_size` draws
         of the random scalars (exact, M = 1, when there are none). Needs vectors Gaussian given the scalars."""
+        from scipy.special import logsumexp  # here, not at import: scipy.special is slow to import
         nodes = self._resolve(variables, "logpdf")
         for n in nodes:
             if not (isinstance(n, Vector) and n.dim == WIDTH):
@@ -467,24 +533,69 @@ class Law:
 
     def describe(self, variables=None, latex: bool = False) -> str:
         """The law as formulas: random scalars and their covariance, the conditional law of the variables."""
+        from .symbolic import describe  # sympy, only for printing: not at import
+
         return describe(self, variables, latex=latex)
 
 
 def independent_blocks(cov: np.ndarray) -> list[list[int]]:
-    """Connected components of the non-zero pattern of a covariance: mutually independent groups."""
-    D = cov.shape[0]
-    unseen, blocks = set(range(D)), []
-    while unseen:
-        stack, block = [min(unseen)], []
-        unseen.discard(stack[0])
-        while stack:
-            i = stack.pop()
-            block.append(i)
-            linked = [j for j in unseen if cov[i, j] != 0.0 or cov[j, i] != 0.0]
-            unseen.difference_update(linked)
-            stack.extend(linked)
-        blocks.append(sorted(block))
+    """Connected components of the non-zero pattern of a covariance, in order of their first index: mutually
+    independent groups."""
+    linked = (cov != 0.0) | (cov.T != 0.0)
+    unseen, blocks = np.ones(cov.shape[0], dtype=bool), []
+    for first in range(cov.shape[0]):
+        if not unseen[first]:
+            continue
+        unseen[first] = False
+        members = np.zeros_like(unseen)
+        members[first] = True
+        frontier = members.copy()
+        while frontier.any():  # breadth first, one vectorised step per distance from `first`
+            frontier = linked[frontier].any(axis=0) & unseen
+            unseen &= ~frontier
+            members |= frontier
+        blocks.append(np.flatnonzero(members).tolist())
     return blocks
+
+
+def _shared_factors(blocks):
+    """(positions of 1 × 1 blocks, their factors √c, [(index, factor)] of the larger blocks, dimension) for blocks
+    [(indices, covariance)] of one shared covariance: semidefinite Cholesky factors (a 1 × 1 block's is √c, or 0
+    at c ≤ 0), applied to the 1 × 1 blocks all at once."""
+    singles, scales, larger = [], [], []
+    for block, cov in blocks:
+        factor = semidefinite_cholesky(np.ascontiguousarray(cov)[:, :, None])[:, :, 0]
+        if len(block) == 1:
+            singles.append(block[0])
+            scales.append(factor[0, 0])
+        else:
+            larger.append((_as_slice(block), factor))
+    return (np.asarray(singles, dtype=np.intp), np.asarray(scales, dtype=float), larger,
+            sum(len(block) for block, _ in blocks))
+
+
+def _dot_blocks(calc: _Calculus, dots):
+    """Independent blocks [(positions, Isserlis covariance)] of first-level dots, found without forming their
+    whole covariance: Cov(p_ab, p_cd) = Σ_ac Σ_bd + Σ_ad Σ_bc vanishes unless the components of {a, b} and
+    {c, d} in the kernel Σ of their vectors are the same pair, so dots are grouped by that pair first and each
+    group is split by `independent_blocks`."""
+    args = list({v.index: v for d in dots for v in d.args}.values())
+    K = calc.kernel_matrix(args, args)[:, :, 0]
+    component = np.empty(len(args), dtype=np.intp)
+    for label, members in enumerate(independent_blocks(K)):
+        component[members] = label
+    position = {v.index: i for i, v in enumerate(args)}
+    a = np.array([position[d.args[0].index] for d in dots])
+    b = np.array([position[d.args[1].index] for d in dots])
+    groups: dict = {}
+    for i, pair in enumerate(zip(np.minimum(component[a], component[b]), np.maximum(component[a], component[b]))):
+        groups.setdefault(pair, []).append(i)
+    out = []
+    for members in groups.values():
+        ga, gb = a[members], b[members]
+        cov = K[np.ix_(ga, ga)] * K[np.ix_(gb, gb)] + K[np.ix_(ga, gb)] * K[np.ix_(gb, ga)]
+        out.extend(([members[i] for i in block], cov[np.ix_(block, block)]) for block in independent_blocks(cov))
+    return out
 
 
 def _as_slice(index: list[int]):
@@ -509,6 +620,14 @@ def _split_head_sums(nodes) -> tuple[list[int], list[list[int]]]:
         else:
             others.append(i)
     return others, list(groups.values())
+
+
+def _per_sample_gaussian(cov: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """(d, S): L_s z[s] with L_s the semidefinite Cholesky factor of cov (d, d, S) per sample, or of a shared
+    cov (d, d, 1) factored whole."""
+    out = np.empty((cov.shape[0], z.shape[0]))
+    sample_gaussian_into(np.ascontiguousarray(cov), z, out)
+    return out
 
 
 def _normals(rng, d: int, S: int) -> np.ndarray:
