@@ -62,8 +62,9 @@ def write(rows: list[dict], info: dict) -> None:
              f"numpy {info['numpy']}, scipy {info['scipy']}, numba {info['numba']}; run {info['date']}.", "",
              "| benchmark | case | value | baseline | ratio | run |", "|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['benchmark']} | {r['case']} | {r['value']:.4g} {r['unit']} | "
-                     f"{r['baseline']:.4g} {r['unit']} ({r['baseline_name']}) | {r['ratio']:.3g}× | "
+        baseline = "—" if r.get("baseline") is None else f"{r['baseline']:.4g} {r['unit']} ({r['baseline_name']})"
+        ratio = "—" if r.get("ratio") is None else f"{r['ratio']:.3g}×"
+        lines.append(f"| {r['benchmark']} | {r['case']} | {r['value']:.4g} {r['unit']} | {baseline} | {ratio} | "
                      f"{r.get('run', info['date'])} |")
     notes = [r["note"] for r in rows if r.get("note")]
     if notes:
@@ -90,8 +91,8 @@ def main(argv=None) -> None:
     for name in chosen:
         print(f"running {name} ...", flush=True)
         for row in SUITES[name](quick=args.quick):
-            print(f"  {row['case']}: {row['value']:.4g} {row['unit']}  ({row['ratio']:.3g}× {row['baseline_name']})",
-                  flush=True)
+            ratio = "no baseline" if row.get("ratio") is None else f"{row['ratio']:.3g}× {row['baseline_name']}"
+            print(f"  {row['case']}: {row['value']:.4g} {row['unit']}  ({ratio})", flush=True)
             rows.append(dict(row, suite=name, run=info["date"]))
     rows.sort(key=lambda r: list(SUITES).index(r["suite"]) if r.get("suite") in SUITES else len(SUITES))
     write(rows, info)

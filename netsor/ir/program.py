@@ -373,6 +373,7 @@ class Program:
         label = f"inputs {', '.join(map(str, names))}"
         dim = _check_dim(dim, label)
         cov = np.eye(k) if cov is None else check_covariance(cov, k, label)
+        cov.setflags(write=False)  # part of the program: compiled plans are cached per program (exact sampling)
         group = InputGroup(cov, dim)
         members = tuple(self._add(Input, name, dim=dim, group=group, position=i) for i, name in enumerate(names))
         self._groups.append((group, members))
