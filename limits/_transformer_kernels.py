@@ -23,8 +23,8 @@ import math
 import numba
 import numpy as np
 
-from netsor.compiled import (CODE_CLIP, CODE_ERF, CODE_GELU, CODE_IDENTITY, CODE_NONE, CODE_RELU, CODE_TANH, RANK_RTOL,
-                             softmax_into)
+from netsor.compiled import (CODE_CLIP, CODE_ERF, CODE_GELU, CODE_IDENTITY, CODE_NONE, CODE_RELU, CODE_TANH,
+                             cholesky_lanes, softmax_into)
 
 # error_model="numpy": no ZeroDivisionError checks inside the lane loops, which would stop their vectorisation
 _JIT = dict(cache=True, nogil=True, error_model="numpy")
@@ -63,38 +63,6 @@ def layer_norm_lanes(kernel, out, inverse_sd, lanes):
                 out[i, j, lane] = kernel[i, j, lane] * inverse_sd[i, lane] * inverse_sd[j, lane]
         for lane in range(lanes):
             out[i, i, lane] = 1.0
-
-
-@numba.njit(**_JIT)
-def cholesky_lanes(matrix, out, pivot, inverse_root, lanes):
-    """Lower-triangular C with C Cᵀ = matrix (PSD) in each lane: the lanes-last form of
-    `netsor.compiled.cholesky_into`, with the same rank rule (a pivot ≤ RANK_RTOL·max diag zeroes its column), so
-    a kernel that has (numerically) collapsed in rank, as deep attention stacks drive it to, is still factored.
-    Kept as its own loop nest because the lanes are its innermost loops (vectorised). pivot, inverse_root:
-    scratch (LANES,)."""
-    s = matrix.shape[0]
-    out[:, :, :lanes] = 0.0
-    for j in range(s):
-        for lane in range(lanes):
-            pivot[lane] = matrix[j, j, lane]
-        for k in range(j):
-            for lane in range(lanes):
-                pivot[lane] -= out[j, k, lane] * out[j, k, lane]
-        for lane in range(lanes):
-            largest = 0.0
-            for i in range(s):
-                largest = max(largest, matrix[i, i, lane])
-            root = math.sqrt(pivot[lane]) if pivot[lane] > RANK_RTOL * largest else 0.0
-            out[j, j, lane] = root
-            inverse_root[lane] = 1.0 / root if root > 0.0 else 0.0
-        for i in range(j + 1, s):
-            for lane in range(lanes):
-                out[i, j, lane] = matrix[i, j, lane]
-            for k in range(j):
-                for lane in range(lanes):
-                    out[i, j, lane] -= out[i, k, lane] * out[j, k, lane]
-            for lane in range(lanes):
-                out[i, j, lane] *= inverse_root[lane]
 
 
 # ------------------------------------------------------------------------------------------ one attention head
@@ -423,7 +391,7 @@ def sample_block(rng, input_kernel, depth, heads, branch_weight, score_mode, hea
                 if score_mode == SCORES_ZERO:
                     add_uniform_kernel_lanes(correlation, branch_weight, attention_sum, lanes)
                 else:
-                    cholesky_lanes(correlation, chol, scratch_a, scratch_b, lanes)
+                    cholesky_lanes(correlation, 0, lanes, chol, scratch_a)
                     for head in range(heads):
                         offset = ((layer - 1) * heads + head) * per_head
                         if score_mode == SCORES_GAUSSIAN:

@@ -36,7 +36,7 @@ from scipy import special
 
 import netsor
 from netsor import Clip, Nonlinearity, ProgramError
-from netsor.compiled import CODE_CLIP, CODE_NONE
+from netsor.compiled import CODE_CLIP, CODE_NONE, cholesky_lanes
 from netsor.parallel import map_blocks
 from netsor.quadrature import hermite_rule
 from netsor.random import check_size, seed_sequence, stream
@@ -301,7 +301,7 @@ def _cholesky_lanes(matrices: np.ndarray) -> np.ndarray:
     """Cholesky factor of every lane of a lanes-last stack (s, s, m)."""
     lanes = matrices.shape[2]
     out = np.empty_like(matrices)
-    compiled.cholesky_lanes(matrices, out, np.empty(lanes), np.empty(lanes), lanes)
+    cholesky_lanes(matrices, 0, lanes, out, np.empty(lanes))
     return out
 
 

@@ -6,9 +6,10 @@ entry is an exact zero. CODE_* are the integer codes (`Nonlinearity.code`) by wh
 nonlinearity itself (CODE_NONE: no kernel does); they are owned by `netsor.ir.nonlinearities`."""
 from ..ir.nonlinearities import (CODE_CLIP, CODE_ERF, CODE_GELU, CODE_IDENTITY, CODE_LEAKY_RELU, CODE_NONE, CODE_RELU,
                                  CODE_TANH)
-from .linalg import RANK_RTOL, cholesky_into, sample_gaussian, semidefinite_cholesky, softmax_columns, softmax_into
+from .linalg import (RANK_RTOL, cholesky_into, cholesky_lanes, sample_gaussian, semidefinite_cholesky, softmax_columns,
+                     softmax_into)
 from .wishart import bartlett_factor, chisquare, standard_normals
 
-__all__ = ["RANK_RTOL", "cholesky_into", "semidefinite_cholesky", "sample_gaussian", "softmax_columns",
-           "softmax_into", "bartlett_factor", "chisquare", "standard_normals", "CODE_NONE", "CODE_IDENTITY",
-           "CODE_RELU", "CODE_ERF", "CODE_TANH", "CODE_GELU", "CODE_CLIP", "CODE_LEAKY_RELU"]
+__all__ = ["RANK_RTOL", "cholesky_into", "cholesky_lanes", "semidefinite_cholesky", "sample_gaussian",
+           "softmax_columns", "softmax_into", "bartlett_factor", "chisquare", "standard_normals", "CODE_NONE",
+           "CODE_IDENTITY", "CODE_RELU", "CODE_ERF", "CODE_TANH", "CODE_GELU", "CODE_CLIP", "CODE_LEAKY_RELU"]

@@ -38,6 +38,27 @@ def _gram_into(X, s, scale, gram):
             gram[j, i] = scale * acc
 
 
+@numba.njit(inline="always", **_JIT)
+def _normal_chunk(rng, z, k, count):
+    """z[j, r] for r < count, j < k: the normals of `count` rows, row by row (k per row) — the one order every
+    kernel here draws a row chunk in."""
+    for r in range(count):
+        for j in range(k):
+            z[j, r] = rng.standard_normal()
+
+
+@numba.njit(inline="always", **_JIT)
+def _add_lower_times(factor, z, dest, start, count):
+    """dest[i, start + r] += Σ_{j ≤ i} factor[i, j] z[j, r], r < count: the rows L z of a chunk."""
+    k = factor.shape[0]
+    for i in range(k):
+        for j in range(i + 1):
+            weight = factor[i, j]
+            if weight != 0.0:
+                for r in range(count):
+                    dest[i, start + r] += weight * z[j, r]
+
+
 @numba.njit(fastmath=True, **_JIT)
 def add_gaussian_rows(rng, X, scale, out):
     """out[s] += L_s Z_s for every network s: L_s L_sᵀ = scale · X[s] X[s]ᵀ, Z_s ∈ R^{k×rows} iid N(0, 1) drawn
@@ -50,16 +71,9 @@ def add_gaussian_rows(rng, X, scale, out):
         _gram_into(X, s, scale, gram)
         cholesky_into(gram, factor, RANK_RTOL)
         for start in range(0, rows, ROW_CHUNK):
-            stop = min(rows, start + ROW_CHUNK)
-            for r in range(stop - start):
-                for j in range(k):
-                    z[j, r] = rng.standard_normal()
-            for i in range(k):
-                for j in range(i + 1):
-                    weight = factor[i, j]
-                    if weight != 0.0:
-                        for r in range(stop - start):
-                            out[s, i, start + r] += weight * z[j, r]
+            count = min(rows, start + ROW_CHUNK) - start
+            _normal_chunk(rng, z, k, count)
+            _add_lower_times(factor, z, out[s], start, count)
     return out
 
 
@@ -92,19 +106,11 @@ def gaussian_rows(rng, args, scale, out):
         _tuple_gram_into(args, s, scale, gram)
         cholesky_into(gram, factor, RANK_RTOL)
         for start in range(0, rows, ROW_CHUNK):
-            stop = min(rows, start + ROW_CHUNK)
-            for r in range(stop - start):
-                for j in range(k):
-                    z[j, r] = rng.standard_normal()
+            count = min(rows, start + ROW_CHUNK) - start
+            _normal_chunk(rng, z, k, count)
             for i in range(k):
-                row = out[i, s]
-                for r in range(stop - start):
-                    row[start + r] = 0.0
-                for j in range(i + 1):
-                    weight = factor[i, j]
-                    if weight != 0.0:
-                        for r in range(stop - start):
-                            row[start + r] += weight * z[j, r]
+                out[i, s, start:start + count] = 0.0
+            _add_lower_times(factor, z, out[:, s], start, count)
     return out
 
 
@@ -327,9 +333,7 @@ def hidden_atoms(rng, args, scale, rows, columns, codes, parameters, scale_out, 
                 hidden[a, b] = 0.0
         for start in range(0, rows, ROW_CHUNK):
             count = min(rows, start + ROW_CHUNK) - start
-            for t in range(count):
-                for j in range(k):
-                    z[j, t] = rng.standard_normal()
+            _normal_chunk(rng, z, k, count)
             for i in range(k):
                 for t in range(count):
                     h[i, t] = 0.0

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .linalg import RANK_RTOL, cholesky_into
+from .linalg import RANK_RTOL, cholesky_into, cholesky_lanes
 
 _JIT = dict(nogil=True, cache=True)
 
@@ -115,42 +115,10 @@ def sample_gaussian_into(cov, z, out):
         stop = min(S, start + TILE)
         lanes = stop - start
         if B > 1:
-            _cholesky_lanes(cov, start, lanes, L, floor)
+            cholesky_lanes(cov, start, lanes, L, floor)
         for i in range(d):
             for t in range(lanes):
                 acc = 0.0
                 for k in range(i + 1):
                     acc += L[i, k, 0 if B == 1 else t] * z[start + t, k]
                 out[i, start + t] = acc
-
-
-@numba.njit(inline="always", **_JIT)
-def _cholesky_lanes(cov, start, lanes, L, floor):
-    """L[:, :, t] ← the semidefinite Cholesky factor of cov[:, :, start + t], t < lanes (cholesky_into's
-    operations per lane; a NaN pivot propagates as there)."""
-    d = cov.shape[0]
-    for t in range(lanes):
-        scale = 0.0
-        for i in range(d):
-            if cov[i, i, start + t] > scale:
-                scale = cov[i, i, start + t]
-        floor[t] = RANK_RTOL * scale
-    for j in range(d):
-        for i in range(d):
-            for t in range(lanes):
-                L[i, j, t] = 0.0
-    for j in range(d):
-        for t in range(lanes):
-            pivot = cov[j, j, start + t]
-            for k in range(j):
-                pivot -= L[j, k, t] * L[j, k, t]
-            if not pivot <= floor[t]:  # else column j stays zero (a linearly dependent variable)
-                L[j, j, t] = np.sqrt(pivot)
-        for i in range(j + 1, d):
-            for t in range(lanes):
-                root = L[j, j, t]
-                if root != 0.0:
-                    acc = cov[i, j, start + t]
-                    for k in range(j):
-                        acc -= L[i, k, t] * L[j, k, t]
-                    L[i, j, t] = acc / root

@@ -46,6 +46,40 @@ def cholesky_into(cov, out, tol):
             out[i, j] = acc / root
 
 
+@numba.njit(inline="always", **_JIT)
+def cholesky_lanes(cov, start, lanes, L, floor):
+    """L[:, :, t] ← the semidefinite Cholesky factor of cov[:, :, start + t], t < lanes: `cholesky_into`'s
+    operations and rank rule (a pivot ≤ RANK_RTOL · max diag zeroes its column) with the lanes innermost, so they
+    vectorise; a NaN pivot propagates. floor: scratch (≥ lanes,). The one lanes-last Cholesky (the limit sampler's
+    per-sample draws, the nested transformer sampler's kernels)."""
+    d = cov.shape[0]
+    for t in range(lanes):
+        scale = 0.0
+        for i in range(d):
+            if cov[i, i, start + t] > scale:
+                scale = cov[i, i, start + t]
+        floor[t] = RANK_RTOL * scale
+    for j in range(d):
+        for i in range(d):
+            for t in range(lanes):
+                L[i, j, t] = 0.0
+    for j in range(d):
+        for t in range(lanes):
+            pivot = cov[j, j, start + t]
+            for k in range(j):
+                pivot -= L[j, k, t] * L[j, k, t]
+            if not pivot <= floor[t]:  # else column j stays zero (a linearly dependent variable)
+                L[j, j, t] = np.sqrt(pivot)
+        for i in range(j + 1, d):
+            for t in range(lanes):
+                root = L[j, j, t]
+                if root != 0.0:
+                    acc = cov[i, j, start + t]
+                    for k in range(j):
+                        acc -= L[i, k, t] * L[j, k, t]
+                    L[i, j, t] = acc / root
+
+
 @numba.njit(**_JIT)
 def _factor_sample(cov, s, local, factor):
     """factor ← the semi-definite Cholesky factor of cov[:, :, s] (copied into `local` first)."""
