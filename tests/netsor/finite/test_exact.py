@@ -364,18 +364,23 @@ def test_paper_front_is_deterministic_across_chunks_threads_and_sizes(clip):
 def test_fused_linear_kernel_is_the_step_by_step_path(kwargs, width):
     """The fused per-network kernel (LinearProgram) reads the same random streams as the step-by-step path:
     the same draws and conditional moments up to rounding, so the finite draws stay coupled to the limit path."""
-    from netsor.finite.exact import block, linear
-    from netsor.finite.exact import plan as exact_plan
     layer = attention_layer(seq_len=4, heads=2, **kwargs)
     targets = list(layer.outputs) + [layer.scores[0][0][1], layer.attention[1][2][0]]
-    plan = exact_plan.ExactPlan(layer.program, targets)
+    for a, b in zip(*fused_and_step_by_step(layer.program, targets, width)):
+        np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-9)
+
+
+def fused_and_step_by_step(program, targets, width):
+    """One block (300 networks, with moments) by the fused kernel and, from the same streams, by the step-by-step
+    path (the fused program's cache entry set to None)."""
+    from netsor.finite.exact import block, linear
+    from netsor.finite.exact import plan as exact_plan
+    plan = exact_plan.ExactPlan(program, targets)
     assert linear._linear_program(plan, width, targets) is not None
     root = np.random.SeedSequence(21)
     fused = block.simulate_exact_block(plan, width, targets, root, 3, 300, moments=True)
     plan._cache[("linear", width, tuple(t.index for t in targets))] = None  # force the step-by-step path
-    steps = block.simulate_exact_block(plan, width, targets, root, 3, 300, moments=True)
-    for a, b in zip(fused, steps):
-        np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-9)
+    return fused, block.simulate_exact_block(plan, width, targets, root, 3, 300, moments=True)
 
 
 @pytest.mark.parametrize("show_rows", [False, True])

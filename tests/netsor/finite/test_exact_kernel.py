@@ -5,8 +5,9 @@ import pytest
 
 import netsor
 from limits import attention_layer
-from netsor.finite.exact import block, linear
+from netsor.finite.exact import linear
 from netsor.finite.exact import plan as exact_plan
+from tests.netsor.finite.test_exact import fused_and_step_by_step
 
 
 def layer_and_targets():
@@ -34,13 +35,7 @@ def test_fused_kernel_is_the_step_by_step_path_at_small_widths(width):
     """n − 1 < M (ZᵀZ), df ≤ 2 in Bartlett's diagonal, and the bipartite block with dof < |A|. The Grams are
     singular there: pivots near the rank floor amplify the rounding of two summation orders (as before fusing)."""
     layer, targets = layer_and_targets()
-    plan = exact_plan.ExactPlan(layer.program, targets)
-    assert linear._linear_program(plan, width, targets) is not None
-    root = np.random.SeedSequence(21)
-    fused = block.simulate_exact_block(plan, width, targets, root, 3, 300, moments=True)
-    plan._cache[("linear", width, tuple(t.index for t in targets))] = None  # force the step-by-step path
-    steps = block.simulate_exact_block(plan, width, targets, root, 3, 300, moments=True)
-    for a, b in zip(fused, steps):
+    for a, b in zip(*fused_and_step_by_step(layer.program, targets, width)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
