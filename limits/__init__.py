@@ -15,12 +15,15 @@ _EXPORTS = {
     "KLEstimate": "divergence", "kl": "divergence", "Transformer": "stack", "transformer": "stack",
     "RateFit": "sweep", "fit_rate": "sweep", "ConstantFit": "sweep", "fit_constant": "sweep",
     "local_slopes": "sweep", "kernel_vs_heads": "sweep", "kl_vs_heads": "sweep", "kl_vs_width": "sweep",
+    "positional": "positions", "ScoreMap": "score_maps",
+    "SequencePath": "sweep", "one_query_draws": "long_sequence", "OneQueryDraws": "long_sequence",
 }
-_MODULES = ("divergence", "plot", "stack", "training")
+_MODULES = ("divergence", "plot", "stack", "training", "score_maps", "long_sequence")
 
 __all__ = ["AttentionLayer", "attention_layer", "Network", "mlp", "divergence", "kl", "KLEstimate",
            "kl_vs_width", "kl_vs_heads", "kernel_vs_heads", "fit_rate", "RateFit", "fit_constant", "ConstantFit",
-           "local_slopes", "plot", "Transformer", "transformer", "stack", "training"]
+           "local_slopes", "plot", "Transformer", "transformer", "stack", "training", "positional", "ScoreMap",
+           "score_maps", "SequencePath", "one_query_draws", "OneQueryDraws", "long_sequence"]
 
 
 def __getattr__(name: str):

@@ -2,7 +2,9 @@
 
 Tokens x_1..x_s; per head h: q_i = W_Q^h x_i, k_j = W_K^h x_j, v_j = W_V^h x_j, scores p^h_ij = q_i·k_j / d^a
 (d the head dimension: n, or a fixed N), A^h_i = softmax(p^h_i), and the output
-    y_i = H^{-1/2} Σ_h W_O^h Σ_j A^h_ij v^h_j.
+    y_i = H^{-1/2} Σ_h W_O^h Σ_j A^h_ij v^h_j,
+or one of its variants (a mask, cross-attention, another score map, temperature and biases, nonlinear values, tied
+W_K = W_Q, positions through the token covariance: `attention_layer`).
 At 1/sqrt(n) scaling with finitely many heads the limit is hierarchical Gaussian: p ~ N(0, Σ_X ⊗ Σ_X) per head,
 and y | p ~ N(0, H⁻¹ Σ_h A_h Σ_X A_hᵀ). heads = inf gives the Gaussian infinite-head limit.
 The heads are built by `limits.blocks.attention_block` (names p^h_i,j, A^h_i, o^h_i; y_i here).
@@ -17,7 +19,8 @@ import numpy as np
 import netsor
 from netsor import ProgramError
 
-from .blocks import INPUTS, _count, _flag, _tokens, attention_block, check_block_size
+from .blocks import (INPUTS, _count, _flag, _tokens, attention_block, check_block_size, check_tied_scale,
+                     check_variants)
 
 __all__ = ["AttentionLayer", "attention_layer", "INPUTS", "SCALINGS"]
 
@@ -42,6 +45,21 @@ class AttentionLayer:
     heads: float
     head_dim: int | None
     scaling: str
+    key_sets: tuple  # key_sets[i]: the 0-based indices of the keys query i sees (scores[h][i] in that order)
+    options: dict  # the builder's checked arguments: `rebuild` makes the same layer with some of them changed
+
+    @property
+    def kv_len(self) -> int:
+        """t, the number of keys (s for self-attention)."""
+        return len(self.inputs) - (self.seq_len if self.options["kv_len"] is not None else 0)
+
+    def rebuild(self, **changes) -> "AttentionLayer":
+        """The same layer built with some arguments changed, e.g. rebuild(seq_len=64)."""
+        unknown = set(changes) - set(self.options)
+        if unknown:
+            raise ProgramError(f"rebuild: unknown argument {sorted(unknown)[0]!r}; the builder's are "
+                               f"{', '.join(self.options)}")
+        return attention_layer(**{**self.options, **changes})
 
     @property
     def infinite_heads(self) -> bool:
@@ -70,26 +88,44 @@ class AttentionLayer:
 
 def attention_layer(seq_len: int = 4, heads=2, head_dim: int | None = None, scaling: str = "sqrt",
                     inputs="paper", out_proj: bool = True, clip: float = 100.0, tied_qk: bool = False,
-                    name: str = "attention") -> AttentionLayer:
+                    name: str = "attention", mask=None, kv_len: int | None = None, score_map="softmax",
+                    temperature: float = 1.0, score_bias=None, value_nonlinearity=None) -> AttentionLayer:
     """A multi-head attention layer at initialisation (all weights N(0, 1/fan_in)) as a Netsor program.
 
     inputs: "paper" (h ~ N(0, I_n), x_i = clip(W^i h, ±clip), SKI25's experiment), "relu" (x_i = relu(W^i h)),
-    "gaussian" (iid N(0, 1) coordinates), or an s×s SPD covariance. scaling: "sqrt" (1/sqrt(d)) or "linear" (1/d).
-    head_dim: None for d = n, or a fixed N. tied_qk: W_K = W_Q (the neural-tangents / GP4A convention).
+    "gaussian" (iid N(0, 1) coordinates), or an SPD covariance over the tokens (`limits.positional` builds one with
+    positional encodings). scaling: "sqrt" (1/sqrt(d)) or "linear" (1/d). head_dim: None for d = n, or a fixed N.
+    Variants (`limits.blocks`, `limits.score_maps`):
+      mask: None, "causal" (query i sees keys 1..i) or an s×t boolean array (row i: the keys query i sees);
+      kv_len: t for cross-attention — queries from tokens 1..s, keys and values from the t tokens s+1..s+t (inputs
+        then covers s + t tokens; p_i,j is query i against memory token j, k_j and v_j that token's key and value);
+        None: self-attention (t = s);
+      score_map: "softmax", "linear" (no normalisation), "relu" or "sigmoid" (elementwise, divided by the row's
+        number of keys); temperature τ and score_bias b (an s×t array, e.g. `limits.score_maps.alibi`): the map is
+        applied to p/τ + b;
+      value_nonlinearity: φ applied to the values (a nonlinearity name or netsor Nonlinearity; None: linear values);
+      tied_qk: W_K = W_Q (the neural-tangents / GP4A convention); with head dimension n it needs scaling "linear"
+        (refused here at "sqrt": the scores would diverge).
     """
+    where = "attention_layer"
     seq_len = _count(seq_len, "seq_len")
     heads = _count(heads, "heads", allow_inf=True)
     if head_dim is not None:
         head_dim = _count(head_dim, "head_dim")
-    out_proj, tied_qk = _flag(out_proj, "out_proj", "attention_layer"), _flag(tied_qk, "tied_qk", "attention_layer")
-    check_block_size(1 if math.isinf(heads) else heads, seq_len, "attention_layer")
+    keys = seq_len if kv_len is None else _count(kv_len, "kv_len")
+    out_proj, tied_qk = _flag(out_proj, "out_proj", where), _flag(tied_qk, "tied_qk", where)
+    check_block_size(1 if math.isinf(heads) else heads, max(seq_len, keys), where)
     if scaling not in SCALINGS:
         raise ProgramError(f"attention_layer: scaling must be 'sqrt' or 'linear', got {scaling!r}")
+    variants = check_variants(where, seq_len, keys, mask, score_map, temperature, score_bias, value_nonlinearity)
+    check_tied_scale(tied_qk, head_dim, scaling, where)
     prog = netsor.Program(name)
-    xs = _tokens(prog, seq_len, inputs, clip)
+    xs = _tokens(prog, seq_len + (0 if kv_len is None else keys), inputs, clip,
+                 count_name="seq_len" if kv_len is None else "seq_len + kv_len")
+    queries, memory = (xs, None) if kv_len is None else (xs[:seq_len], xs[seq_len:])
     shared = len(prog)
-    block = attention_block(prog, xs, 1 if math.isinf(heads) else heads, head_dim, scaling, out_proj=out_proj,
-                            tied_qk=tied_qk, wo_first=False, where="attention_layer")
+    block = attention_block(prog, queries, 1 if math.isinf(heads) else heads, head_dim, scaling, out_proj=out_proj,
+                            tied_qk=tied_qk, wo_first=False, where=where, memory=memory, variants=variants)
     if math.isinf(heads):  # one representative head, summed over infinitely many in the program itself
         per_head = [n for n in prog.nodes[shared:] if isinstance(n, netsor.Matrix)]
         outputs = netsor.infinite_head_sum(block.head_outputs[0], per_head,
@@ -97,4 +133,7 @@ def attention_layer(seq_len: int = 4, heads=2, head_dim: int | None = None, scal
     else:
         outputs = tuple(netsor.lincomb([heads ** -0.5] * heads, [o[i] for o in block.head_outputs], name=f"y{i + 1}")
                         for i in range(seq_len))
-    return AttentionLayer(prog, tuple(xs), block.scores, block.attention, outputs, seq_len, heads, head_dim, scaling)
+    options = dict(seq_len=seq_len, heads=heads, head_dim=head_dim, scaling=scaling, inputs=inputs,
+                   out_proj=out_proj, clip=clip, tied_qk=tied_qk, name=name, kv_len=kv_len, **variants.options())
+    return AttentionLayer(prog, tuple(xs), block.scores, block.attention, outputs, seq_len, heads, head_dim, scaling,
+                          block.key_sets, options)

@@ -85,8 +85,21 @@ def _address(text: str) -> str:
     return text.strip()
 
 
+def _positive_real(text: str) -> float:
+    import math
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a finite positive number, got {text!r}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     from .divergence import METHODS
+    from .positions import KINDS as POSITIONAL_KINDS
+    from .score_maps import SCORE_MAPS
     from .sweep import BACKENDS, MAX_SEEDS, MAX_WIDTH
 
     def widths(text):
@@ -113,6 +126,20 @@ def parser() -> argparse.ArgumentParser:
                        help="tokens: paper = clip(W^i h) (SKI25), relu, gaussian (default paper)")
         g.add_argument("--output", type=lambda t: _integer(t, 0, None, "a non-negative integer"), default=None,
                        help=f"which output y_{{i+1}} (default {output_default})")
+        v = p.add_argument_group("attention variants")
+        v.add_argument("--mask", choices=("none", "causal"), default="none", help="score mask (default none)")
+        v.add_argument("--kv-len", type=_positive(), default=None,
+                       help="cross-attention: keys and values from t further tokens (default: self-attention)")
+        v.add_argument("--score-map", choices=tuple(SCORE_MAPS), default="softmax",
+                       help="scores to weights: softmax, linear (no normalisation), relu or sigmoid (÷ keys)")
+        v.add_argument("--temperature", type=_positive_real, default=1.0, help="logits p/τ (default 1)")
+        v.add_argument("--alibi", type=_positive_real, default=None, metavar="SLOPE",
+                       help="ALiBi biases −SLOPE·|i − j| on the logits (default none)")
+        v.add_argument("--value-nonlinearity", default=None, metavar="PHI",
+                       help="φ on the values: relu, tanh, erf, gelu, clip(c), … (default none)")
+        v.add_argument("--tied-qk", action="store_true", help="W_K = W_Q (needs --scaling linear or --head-dim)")
+        v.add_argument("--positional", choices=("none",) + POSITIONAL_KINDS, default="none",
+                       help="gaussian tokens plus positional encodings, through their covariance (default none)")
 
     kl = commands.add_parser("kl", help="KL(finite n ‖ limit) against width, with the fitted decay exponent")
     layer_options(kl, "0: y1")
@@ -154,12 +181,37 @@ def _layer(args):
     from netsor import ProgramError
 
     from .attention import attention_layer
-    scores = (1 if math.isinf(args.heads) else args.heads) * args.seq_len ** 2
+    from .positions import positional
+    from .score_maps import alibi
+    keys = args.seq_len if args.kv_len is None else args.kv_len
+    scores = (1 if math.isinf(args.heads) else args.heads) * args.seq_len * keys
     if scores > MAX_SCORES:
-        raise ProgramError(f"--heads {args.heads} and --seq-len {args.seq_len} make {scores:.3g} attention scores, "
+        kv = "" if args.kv_len is None else f" --kv-len {keys}"
+        raise ProgramError(f"--heads {args.heads} and --seq-len {args.seq_len}{kv} make {scores:.3g} attention scores, "
                            f"more than this command builds ({_power(MAX_SCORES)})")
+    inputs = args.inputs
+    if args.positional != "none":
+        if inputs != "gaussian":
+            raise ProgramError("--positional adds encodings to gaussian tokens: use it with --inputs gaussian")
+        inputs = positional(args.seq_len + (0 if args.kv_len is None else keys), args.positional)
     return attention_layer(seq_len=args.seq_len, heads=args.heads, head_dim=args.head_dim, scaling=args.scaling,
-                           inputs=args.inputs)
+                           inputs=inputs, mask=None if args.mask == "none" else args.mask, kv_len=args.kv_len,
+                           score_map=args.score_map, temperature=args.temperature,
+                           score_bias=None if args.alibi is None else alibi(args.seq_len, args.alibi, keys),
+                           value_nonlinearity=args.value_nonlinearity, tied_qk=args.tied_qk)
+
+
+def _layer_text(args) -> str:
+    """The layer's options as the figure and the table's header say them (variants only where set)."""
+    text = (f"seq_len={args.seq_len} heads={args.heads} head_dim={args.head_dim or 'n'} scaling={args.scaling} "
+            f"inputs={args.inputs}")
+    extra = [f"mask={args.mask}" if args.mask != "none" else "", f"kv_len={args.kv_len}" if args.kv_len else "",
+             f"score_map={args.score_map}" if args.score_map != "softmax" else "",
+             f"temperature={args.temperature:g}" if args.temperature != 1.0 else "",
+             f"alibi={args.alibi:g}" if args.alibi is not None else "",
+             f"values={args.value_nonlinearity}" if args.value_nonlinearity else "",
+             "tied_qk" if args.tied_qk else "", f"positional={args.positional}" if args.positional != "none" else ""]
+    return " ".join([text] + [e for e in extra if e])
 
 
 def _positions(layer, index: int | None) -> list[int]:
@@ -220,8 +272,7 @@ def _kl(args) -> None:
     finally:
         if client is not None:
             client.close()
-    print(f"KL(finite n ‖ limit) of {layer.outputs[index].name}: seq_len={args.seq_len} heads={args.heads} "
-          f"head_dim={args.head_dim or 'n'} scaling={args.scaling} inputs={args.inputs}, {args.estimator}")
+    print(f"KL(finite n ‖ limit) of {layer.outputs[index].name}: {_layer_text(args)}, {args.estimator}")
     print(df.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     try:
         fit = fit_rate(df)

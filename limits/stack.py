@@ -28,7 +28,8 @@ import numpy as np
 import netsor
 from netsor import ProgramError
 
-from .blocks import _count, _tokens, attention_block, check_block_size
+from .blocks import (Variants, _count, _flag, _tokens, attention_block, check_block_size, check_tied_scale,
+                     check_variants)
 
 WHERE = "transformer"
 
@@ -67,6 +68,8 @@ class Transformer:
     beta0: float
     mlp: str | None
     mlp_weight_var: float
+    tied_qk: bool = False
+    variants: Variants = Variants()  # mask, score map, temperature, score bias, value nonlinearity of every block
 
     @property
     def branch_scale(self) -> float:
@@ -95,7 +98,8 @@ class Transformer:
 
     def _limit_options(self) -> dict:
         return dict(depth=self.depth, head_dim=self.head_dim, score_exponent=self.score_exponent,
-                    residual_exponent=self.residual_exponent, beta0=self.beta0, mlp=self.mlp)
+                    residual_exponent=self.residual_exponent, beta0=self.beta0, mlp=self.mlp, tied_qk=self.tied_qk,
+                    **self.variants.options())
 
     def nested_kernels(self, size: int, seed=None, heads: int | None = None, per_block: bool = False) -> np.ndarray:
         """Draws of the limit's random token kernel after the last block, (size, s, s) (per_block: (size, L+1,
@@ -129,12 +133,17 @@ def mlp_weight_var(phi) -> float:
 def transformer(depth: int = 2, seq_len: int = 4, heads: int = 2, head_dim: int | None = None,
                 score_exponent: float = 0.5, residual_exponent: float = 0.5, beta0: float = 1.0,
                 inputs="gaussian", mlp: str | None = "relu", clip: float = 100.0,
-                name: str = "transformer") -> Transformer:
+                name: str = "transformer", mask=None, kv_len: int | None = None, score_map="softmax",
+                temperature: float = 1.0, score_bias=None, value_nonlinearity=None,
+                tied_qk: bool = False) -> Transformer:
     """A depth-L pre-LN transformer (attention + optional MLP per block, residual branches scaled by
     beta0·L^(−residual_exponent), scores by d^(−score_exponent)) with mean pooling and a readout, in Netsor form.
 
     head_dim: None (d = n, the width) or a fixed N. inputs: "gaussian", "paper", "relu" (as `attention_layer`) or an
-    s×s SPD covariance. mlp: a nonlinearity name (relu, erf, tanh, gelu, identity, clip(c)) or None.
+    s×s SPD covariance (`limits.positional` for positions). mlp: a nonlinearity name (relu, erf, tanh, gelu,
+    identity, clip(c)) or None. mask, score_map, temperature, score_bias, value_nonlinearity, tied_qk: as in
+    `attention_layer`, the same in every block (tied_qk with d = n needs score_exponent ≥ 1). kv_len: refused — the
+    blocks attend over their own stream (cross-attention is `attention_layer`'s).
     """
     depth = _count(depth, "depth", where=WHERE)
     seq_len = _count(seq_len, "seq_len", where=WHERE)
@@ -147,6 +156,12 @@ def transformer(depth: int = 2, seq_len: int = 4, heads: int = 2, head_dim: int 
     if mlp is not None and not isinstance(mlp, str):
         raise ProgramError(f"{WHERE}: mlp must be a nonlinearity name or None, got {mlp!r}")
     check_block_size(heads * depth, seq_len, WHERE)
+    if kv_len is not None:
+        raise ProgramError(f"{WHERE}: kv_len (cross-attention) is not a transformer option: its blocks attend over "
+                           "their own stream; use limits.attention_layer(kv_len=...) for one cross-attention layer")
+    tied_qk = _flag(tied_qk, "tied_qk", WHERE)
+    variants = check_variants(WHERE, seq_len, seq_len, mask, score_map, temperature, score_bias, value_nonlinearity)
+    check_tied_scale(tied_qk, head_dim, score_exponent, WHERE)
     prog = netsor.Program(name)
     tokens = xs = _tokens(prog, seq_len, inputs, clip, WHERE)
     c = beta0 * depth ** (-residual_exponent)
@@ -155,7 +170,8 @@ def transformer(depth: int = 2, seq_len: int = 4, heads: int = 2, head_dim: int 
     blocks = []
     for layer in range(1, depth + 1):
         u = [netsor.layernorm(x, name=f"u^{layer}_{i}") for i, x in enumerate(xs, 1)]
-        attn = attention_block(prog, u, heads, head_dim, score_exponent, tag=str(layer), where=WHERE)
+        attn = attention_block(prog, u, heads, head_dim, score_exponent, tag=str(layer), tied_qk=tied_qk, where=WHERE,
+                               variants=variants)
         head_outputs = attn.head_outputs
         after_attention = tuple(
             netsor.lincomb([1.0] + [c * heads ** -0.5] * heads, [xs[i]] + [o[i] for o in head_outputs],
@@ -171,7 +187,7 @@ def transformer(depth: int = 2, seq_len: int = 4, heads: int = 2, head_dim: int 
     pooled = netsor.mean_pool(xs, name="pool")
     f = netsor.matmul(prog.matrix("Wout"), pooled, name="f")
     return Transformer(prog, tuple(tokens), tuple(blocks), pooled, (f,), tuple(kernels), depth, seq_len, heads,
-                       head_dim, score_exponent, residual_exponent, beta0, mlp, w2_var)
+                       head_dim, score_exponent, residual_exponent, beta0, mlp, w2_var, tied_qk, variants)
 
 
 def _kernel_nodes(xs, layer: int) -> tuple:

@@ -125,7 +125,8 @@ def describe(law, variables=None, latex: bool = False) -> str:
         nodes = [v for v in nodes if not isinstance(v, HeadSum)]
         if not nodes:
             return "\n".join(lines)
-    random = law.random_scalars
+    needed = {n.index for n in program.ancestors(nodes)}  # only what the requested variables depend on
+    random = [s for s in law.random_scalars if s.index in needed]
     gaussian_dots = [d for d in random if law._is_first_level_dot(d)]
     if gaussian_dots:
         lines.append("Random scalars: jointly Gaussian, zero mean, independent of every vector (SKI25):")

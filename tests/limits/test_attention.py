@@ -8,6 +8,7 @@ import pytest
 from scipy import integrate, stats
 
 import netsor
+import limits
 from limits import attention_layer
 from netsor.testing import cov_check
 
@@ -146,10 +147,19 @@ def test_tied_linear_scaling_gives_softmax_of_the_input_kernel():
     np.testing.assert_allclose(layer.law().cov(layer.outputs), a @ SPD @ a.T, atol=1e-12)
 
 
-def test_tied_sqrt_scaling_diverges_with_a_clear_error():
-    layer = attention_layer(seq_len=2, heads=1, tied_qk=True, inputs="gaussian")
+def test_tied_sqrt_scaling_is_refused_when_built():
+    with pytest.raises(netsor.ProgramError, match=r"attention_layer: tied_qk .* needs scores / n .* diverge"):
+        attention_layer(seq_len=2, heads=1, tied_qk=True, inputs="gaussian")
+    with pytest.raises(netsor.ProgramError, match=r"transformer: tied_qk .* at 1/n\^0.7"):
+        limits.transformer(seq_len=2, heads=1, tied_qk=True, score_exponent=0.7)
+    # the law itself still refuses the diverging program, written by hand
+    prog = netsor.Program("tied")
+    x1, x2 = prog.inputs(2)
+    W = prog.matrix("W")
+    score = netsor.dot(W @ x1, W @ x1 + W @ x2)
     with pytest.raises(netsor.ProgramError, match=r"diverges like sqrt\(n\).*scale='linear'"):
-        layer.law()
+        netsor.limit(prog).sample_scalars([score], 10, seed=0)
+    assert attention_layer(seq_len=2, heads=1, tied_qk=True, head_dim=4, inputs="gaussian").law()  # fixed N: fine
 
 
 def test_infinite_heads_is_gaussian_with_the_averaged_covariance():

@@ -6,8 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+from scipy import integrate, stats
 
 from limits.cli import main
 
@@ -289,3 +291,36 @@ def test_predict_on_a_program_the_correction_refuses_says_why(capsys, tmp_path, 
     err = capsys.readouterr().err
     assert err == "netsor-limits: error: --predict: finite_width_correction: x := clip(W h): a reason\n"
     assert not (tmp_path / "kl_vs_width.csv").exists()
+
+
+# ---- issue 17: the attention variants on the command line
+def test_variants_build_the_layer_they_name(tmp_path, capsys):
+    assert main(["describe", "--seq-len", "3", "--heads", "1", "--inputs", "gaussian", "--mask", "causal",
+                 "--score-map", "relu", "--temperature", "2", "--alibi", "0.5", "--output", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "(p_2,1, p_2,2) ~ N(0, C)" in text and "A_2[0] = Max(0, z_2,1)/2" in text
+    assert main(["describe", "--seq-len", "2", "--kv-len", "3", "--heads", "1", "--inputs", "gaussian",
+                 "--positional", "sinusoidal", "--value-nonlinearity", "tanh", "--output", "0"]) == 0
+    text = capsys.readouterr().out
+    # query 1 against memory tokens 1..3 (inputs x3..x5); tokens + sinusoidal encodings: K_jj = 1 + 1
+    assert "(p_1,1, p_1,2, p_1,3) ~ N(0, C), C = K_l ⊗ K_r" in text and "over (k_1, k_2, k_3)" in text
+    tanh_square = integrate.quad(lambda g: np.tanh(np.sqrt(2) * g) ** 2 * stats.norm.pdf(g), -12, 12)[0]
+    assert f"K[y1,y1] = {tanh_square:.6f}*A_1[0]**2" in text  # E[tanh(v)²], v ~ N(0, 2)
+    assert main(["kl", "--seq-len", "2", "--heads", "1", "--inputs", "gaussian", "--tied-qk", "--scaling", "linear",
+                 "--widths", "16,64", "--size", "2000", "--seeds", "1", "--estimator", "mixture", "--out",
+                 str(tmp_path), "--no-progress"]) == 0
+    assert "scaling=linear inputs=gaussian tied_qk, mixture" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["describe", "--positional", "sinusoidal"], "--positional adds encodings to gaussian tokens"),
+    (["describe", "--tied-qk", "--inputs", "gaussian"], "tied_qk (W_K = W_Q) with head dimension n needs scores / n"),
+    (["describe", "--score-map", "tanh"], "argument --score-map: invalid choice"),
+    (["describe", "--temperature", "0"], "argument --temperature: expected a finite positive number"),
+    (["describe", "--kv-len", "2", "--mask", "causal", "--inputs", "gaussian"], "causal mask needs as many keys"),
+    (["describe", "--value-nonlinearity", "nope", "--inputs", "gaussian"], "value_nonlinearity"),
+])
+def test_variant_errors_are_one_line_exit_2(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and "Traceback" not in err

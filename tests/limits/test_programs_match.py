@@ -67,7 +67,7 @@ ATTENTION = [
     dict(seq_len=3, heads=2, inputs=SPD[:3, :3], scaling="linear"),
     dict(seq_len=3, heads=2, head_dim=3, inputs="gaussian"),
     dict(seq_len=3, heads=1, head_dim=2, inputs="paper", clip=1.0),
-    dict(seq_len=4, heads=2, inputs=SPD, tied_qk=True),
+    dict(seq_len=4, heads=2, inputs=SPD, tied_qk=True, head_dim=3),
     dict(seq_len=3, heads=1, inputs="gaussian", scaling="linear", tied_qk=True),
     dict(seq_len=4, heads=2, inputs="gaussian", out_proj=False, scaling="linear"),
 ]

@@ -231,8 +231,12 @@ def test_describe_is_right_for_ragged_scores_and_later_levels():
     full = [[netsor.dot(q2[i], k2[j], name=f"f{i + 1}{j + 1}") for j in range(3)] for i in range(3)]
     y = netsor.lincomb(causal[2], v, name="y")
     z = netsor.lincomb(netsor.softmax(full[0]), v, name="z")
+    # describe lists the scalars the requested variables depend on: these read every score
+    every_causal = netsor.lincomb([a for row in causal for a in row], [v[j] for i in range(3) for j in range(i + 1)])
+    every_full = netsor.lincomb([a for row in full for a in netsor.softmax(row)], v * 3)
     law = netsor.limit(prog)
-    text = law.describe([y, z])
+    text = law.describe([y, z, every_causal, every_full])
+    assert "c11" not in law.describe([y]) and "c31, c32, c33" in law.describe([y])  # y reads row 3 only
     (ragged,) = [line for line in text.splitlines() if "c11" in line and "~ N(0, C)" in line]
     assert "⊗" not in ragged and "Isserlis" in ragged
     (grid,) = [line for line in text.splitlines() if "f11" in line and "~ N(0, C)" in line]
