@@ -1,5 +1,5 @@
 """Compiled loops for limits.transformer_limit: the recursion of s×s token kernels through a pre-LN transformer,
-and the Gaussian expectations E[φ(u)φ(v)] its MLP blocks need.
+and the Gaussian expectations E[φ(u)φ(v)] its MLP blocks and nonlinear values need.
 
 Samples are processed LANES at a time, every per-sample matrix stored lanes-last, (s, s, LANES): the innermost
 loops run over lanes in contiguous memory, so LLVM vectorises them and the loop overhead of one sample's tiny s×s
@@ -14,7 +14,16 @@ count. (A prange over samples would need one Generator per sample; blocks are th
 Layout of the normals of one attention head (C order):
     scores ∝ n^{1/2}          Ξ (s × s)                p = C Ξ Cᵀ,  C Cᵀ = K̃
     head dimension N          Ξ_Q, Ξ_K, Ξ_V (s × N)    p = (C Ξ_Q)(C Ξ_K)ᵀ / N^a,  values C Ξ_V
-In the infinite-head recursion the values are integrated out (E[V Vᵀ/N] = K̃), so a head draws Ξ_Q, Ξ_K only.
+    head dimension N, tied    Ξ_Q, Ξ_V (s × N)         p = (C Ξ_Q)(C Ξ_Q)ᵀ / N^a,  values C Ξ_V
+    deterministic scores      none                     p = 0 (a > 1/2; tied: a > 1), or p = K̃ (tied, a = 1)
+In the infinite-head recursion the values are integrated out (E[φ(V) φ(V)ᵀ/N] = Φ(K̃)), so a head draws its score
+normals only.
+
+The variants (`limits.score_maps`, one rule): logits z_ij = p_ij/τ + b_ij over the allowed keys S_i of row i, then
+A_i = softmax (`netsor.compiled.softmax_into`) or an elementwise map (`limits.score_maps.elementwise_weight`), 0 off
+S_i; they arrive as (plain, map_code, inverse_temperature, bias, allowed, keys). plain (softmax, no mask, τ = 1, no
+bias) keeps the original loops. Values φ(v) arrive as (value_code, value_bound, value_second_moment), value_code
+CODE_NONE for linear values (G = K̃, or V Vᵀ/N).
 """
 from __future__ import annotations
 
@@ -26,6 +35,8 @@ import numpy as np
 from netsor.compiled import (CODE_CLIP, CODE_ERF, CODE_GELU, CODE_IDENTITY, CODE_NONE, CODE_RELU, CODE_TANH,
                              cholesky_lanes, softmax_into)
 
+from .score_maps import CODE_SOFTMAX, elementwise_weight
+
 # error_model="numpy": no ZeroDivisionError checks inside the lane loops, which would stop their vectorisation
 _JIT = dict(cache=True, nogil=True, error_model="numpy")
 
@@ -33,12 +44,15 @@ LANES = 8  # samples processed together (one or two SIMD registers of doubles)
 
 # How a head's scores are drawn (see the module docstring)
 SCORES_GAUSSIAN = 0  # head dimension ∝ n, scores / n^{1/2}: Gaussian with Cov(p_ij, p_kl) = K̃_ik K̃_jl
-SCORES_ZERO = 1  # head dimension ∝ n, scores / n^a with a > 1/2: p → 0, attention uniform
+SCORES_ZERO = 1  # head dimension ∝ n, scores / n^a with a > 1/2: p → 0, A = map(b) (softmax, no bias: uniform)
 SCORES_FINITE_HEAD = 2  # fixed head dimension N: p = Q Kᵀ / N^a with N-dimensional Gaussian rows
+SCORES_KERNEL = 3  # tied W_K = W_Q, head dimension ∝ n, scores / n: p = K̃, deterministic
+DETERMINISTIC_MODES = (SCORES_ZERO, SCORES_KERNEL)  # A is a function of K̃: no normals, one "head" stands for all
 
-# The MLP nonlinearity arrives as its netsor code (`Nonlinearity.code`; the clip bound is its `parameter`). The
-# kernels implement CODE_IDENTITY, CODE_RELU, CODE_ERF, CODE_TANH, CODE_GELU and CODE_CLIP; the caller rejects
-# any other code. sample_block's mlp_code CODE_NONE means a transformer without MLP branches.
+# The MLP and value nonlinearities arrive as their netsor codes (`Nonlinearity.code`; the clip bound is its
+# `parameter`). The kernels implement CODE_IDENTITY, CODE_RELU, CODE_ERF, CODE_TANH, CODE_GELU and CODE_CLIP; the
+# caller rejects any other code. sample_block's mlp_code CODE_NONE means a transformer without MLP branches, its
+# value_code CODE_NONE linear values.
 IMPLEMENTED_CODES = (CODE_IDENTITY, CODE_RELU, CODE_ERF, CODE_TANH, CODE_GELU, CODE_CLIP)
 
 # Piecewise Gauss–Legendre rule for the clip nonlinearity's outer integral (see clip_product)
@@ -87,10 +101,12 @@ def gaussian_scores_lanes(chol, draws, offset, scores, lower_times_xi, lanes):
 
 
 @numba.njit(**_JIT)
-def finite_head_scores_lanes(chol, draws, offset, head_dim, scale, scores, xi_gram, lower_times_gram, lanes):
-    """scores = scale · (C Ξ_Q)(C Ξ_K)ᵀ = scale · C (Ξ_Q Ξ_Kᵀ) Cᵀ, Ξ_Q and Ξ_K the s × N matrices at offset."""
+def finite_head_scores_lanes(chol, draws, offset, head_dim, scale, scores, xi_gram, lower_times_gram, lanes,
+                             tied):
+    """scores = scale · (C Ξ_Q)(C Ξ_K)ᵀ = scale · C (Ξ_Q Ξ_Kᵀ) Cᵀ, Ξ_Q and Ξ_K the s × N matrices at offset
+    (tied: Ξ_K = Ξ_Q, one s × N matrix)."""
     s = chol.shape[0]
-    key_offset = offset + s * head_dim
+    key_offset = offset if tied else offset + s * head_dim
     for i in range(s):
         for j in range(s):
             for lane in range(lanes):
@@ -125,6 +141,56 @@ def softmax_rows_lanes(scores, top, total, lanes):
     for i in range(scores.shape[0]):
         row = scores[i]
         softmax_into(row, row, top, total, lanes)
+
+
+@numba.njit(**_JIT)
+def attention_rows_lanes(scores, plain, map_code, inverse_temperature, bias, allowed, keys, top, total, lanes):
+    """Each row of scores ← A_i = map(p_i/τ + b_i) over the allowed keys, 0 elsewhere (`limits.score_maps`), in
+    place: softmax by `softmax_into` (disallowed logits −inf, so exp gives exactly 0), the elementwise maps by
+    `elementwise_weight` with the row's key count. plain: softmax_rows_lanes itself."""
+    if plain:
+        softmax_rows_lanes(scores, top, total, lanes)
+        return
+    s = scores.shape[0]
+    for i in range(s):
+        for j in range(s):
+            if allowed[i, j]:
+                for lane in range(lanes):
+                    scores[i, j, lane] = scores[i, j, lane] * inverse_temperature + bias[i, j]
+            else:
+                fill = -math.inf if map_code == CODE_SOFTMAX else 0.0
+                for lane in range(lanes):
+                    scores[i, j, lane] = fill
+        if map_code == CODE_SOFTMAX:
+            row = scores[i]
+            softmax_into(row, row, top, total, lanes)
+        else:
+            for j in range(s):
+                if allowed[i, j]:
+                    for lane in range(lanes):
+                        scores[i, j, lane] = elementwise_weight(map_code, scores[i, j, lane], keys[i])
+
+
+@numba.njit(**_JIT)
+def add_sandwich_lanes(attention, gram, weight, mixed, acc, lanes):
+    """acc += weight · A G Aᵀ for a symmetric G (the values' kernel Φ(K̃) of nonlinear values, or K̃ itself)."""
+    s = gram.shape[0]
+    for i in range(s):
+        for j in range(s):
+            for lane in range(lanes):
+                mixed[i, j, lane] = 0.0
+            for k in range(s):
+                for lane in range(lanes):
+                    mixed[i, j, lane] += attention[i, k, lane] * gram[k, j, lane]
+    for i in range(s):
+        for j in range(i + 1):
+            for k in range(s):
+                for lane in range(lanes):
+                    acc[i, j, lane] += weight * mixed[i, k, lane] * attention[j, k, lane]
+    for i in range(s):
+        for j in range(i + 1, s):
+            for lane in range(lanes):
+                acc[i, j, lane] = acc[j, i, lane]
 
 
 @numba.njit(**_JIT)
@@ -193,6 +259,55 @@ def add_uniform_kernel_lanes(correlation, weight, acc, lanes):
                 acc[i, j, lane] += weight * total / (s * s)
 
 
+@numba.njit(**_JIT)
+def add_finite_phi_value_kernel_lanes(attention, chol, draws, offset, head_dim, weight, value_code, value_bound,
+                                      values, mixed_values, acc, lanes):
+    """acc += weight · A (φ(V) φ(V)ᵀ / N) Aᵀ with values V = C Ξ_V (Ξ_V the s × N matrix at offset), φ
+    elementwise (`value_phi`)."""
+    s = chol.shape[0]
+    for j in range(s):
+        for t in range(head_dim):
+            for lane in range(lanes):
+                values[j, t, lane] = 0.0
+            for k in range(j + 1):
+                for lane in range(lanes):
+                    values[j, t, lane] += chol[j, k, lane] * draws[offset + k * head_dim + t, lane]
+            for lane in range(lanes):
+                values[j, t, lane] = value_phi(value_code, value_bound, values[j, t, lane])
+    for i in range(s):
+        for t in range(head_dim):
+            for lane in range(lanes):
+                mixed_values[i, t, lane] = 0.0
+            for k in range(s):
+                for lane in range(lanes):
+                    mixed_values[i, t, lane] += attention[i, k, lane] * values[k, t, lane]
+    scale = weight / head_dim
+    for i in range(s):
+        for j in range(i + 1):
+            for t in range(head_dim):
+                for lane in range(lanes):
+                    acc[i, j, lane] += scale * mixed_values[i, t, lane] * mixed_values[j, t, lane]
+    for i in range(s):
+        for j in range(i + 1, s):
+            for lane in range(lanes):
+                acc[i, j, lane] = acc[j, i, lane]
+
+
+@numba.njit(**_JIT)
+def add_deterministic_kernel_lanes(correlation, gram, score_mode, weight, plain, map_code, inverse_temperature, bias,
+                                   allowed, keys, attention, mixed, top, total, acc, lanes):
+    """acc += weight · A G Aᵀ for deterministic scores: A = map(p/τ + b) with p = 0 (SCORES_ZERO) or p = K̃
+    (SCORES_KERNEL); G = gram (K̃, or Φ(K̃) for nonlinear values). Plain uniform attention with G = K̃ is
+    add_uniform_kernel_lanes. attention, mixed: scratch (s, s, ≥ lanes); top, total: (≥ lanes,)."""
+    s = correlation.shape[0]
+    for i in range(s):
+        for j in range(s):
+            for lane in range(lanes):
+                attention[i, j, lane] = correlation[i, j, lane] if score_mode == SCORES_KERNEL else 0.0
+    attention_rows_lanes(attention, plain, map_code, inverse_temperature, bias, allowed, keys, top, total, lanes)
+    add_sandwich_lanes(attention, gram, weight, mixed, acc, lanes)
+
+
 # ------------------------------------------------------------------------------------------ MLP kernels E[φ(u)φ(v)]
 @numba.njit(**_JIT)
 def phi(code, x):
@@ -202,6 +317,21 @@ def phi(code, x):
     if code == CODE_GELU:
         return 0.5 * x * (1.0 + math.erf(x / math.sqrt(2.0)))  # exact x·Φ(x)
     return math.nan
+
+
+@numba.njit(**_JIT)
+def value_phi(code, bound, x):
+    """φ(x) for every implemented code (nonlinear values of a fixed head dimension): identity, relu, erf,
+    clip(bound) here, tanh and gelu by `phi`."""
+    if code == CODE_IDENTITY:
+        return x
+    if code == CODE_RELU:
+        return max(x, 0.0)
+    if code == CODE_ERF:
+        return math.erf(x)
+    if code == CODE_CLIP:
+        return min(max(x, -bound), bound)
+    return phi(code, x)
 
 
 @numba.njit(**_JIT)
@@ -355,26 +485,32 @@ def draw_normals_lanes(rng, draws, lanes):
 @numba.njit(**_JIT)
 def sample_block(rng, input_kernel, depth, heads, branch_weight, score_mode, head_dim, score_scale, mlp_code,
                  mlp_bound, mlp_weight, second_moment, hermite_nodes, hermite_weights, legendre_nodes,
-                 legendre_weights, per_sample, out):
+                 legendre_weights, per_sample, out, plain, map_code, inverse_temperature, bias, allowed, keys, tied,
+                 value_code, value_bound, value_second_moment):
     """The token kernel of out.shape[0] independent networks through `depth` pre-LN blocks, each network drawing
     its `per_sample` normals (block, head, then the head's layout) from rng in turn. out (count, depth + 1, s, s)
     receives the kernel before block 1 and after every block; out (count, 1, s, s) only the final one.
 
-    Per block: K̃ = LN(K); K += (c²/H) Σ_h A_h G_h A_hᵀ (G_h = K̃, or V Vᵀ/N); K += c² w₂ Φ(LN(K))."""
+    Per block: K̃ = LN(K); K += (c²/H) Σ_h A_h G_h A_hᵀ (G_h = K̃, Φ(K̃), V Vᵀ/N or φ(V)φ(V)ᵀ/N; A_h by the
+    variants, module docstring); K += c² w₂ Φ(LN(K)). bias, allowed: (s, s); keys: (s,) float."""
     count = out.shape[0]
     s = input_kernel.shape[0]
     keep_every_block = out.shape[1] == depth + 1
     per_head = per_sample // max(1, depth * heads)
     head_weight = branch_weight / heads
+    value_offset = (1 if tied else 2) * s * head_dim
+    nonlinear_values = value_code != CODE_NONE
     draws = np.empty((per_sample, LANES))
     kernel = np.empty((s, s, LANES))
     correlation = np.empty((s, s, LANES))
+    value_gram = np.empty((s, s, LANES))
     chol = np.empty((s, s, LANES))
     attention = np.empty((s, s, LANES))
     attention_sum = np.empty((s, s, LANES))
     work_a = np.empty((s, s, LANES))
     work_b = np.empty((s, s, LANES))
     mixed_values = np.empty((s, max(1, head_dim), LANES))
+    values = np.empty((s, max(1, head_dim), LANES))
     inverse_sd = np.empty((s, LANES))
     scratch_a = np.empty(LANES)
     scratch_b = np.empty(LANES)
@@ -388,22 +524,41 @@ def sample_block(rng, input_kernel, depth, heads, branch_weight, score_mode, hea
             if layer > 0:
                 layer_norm_lanes(kernel, correlation, inverse_sd, lanes)
                 attention_sum[:, :, :] = 0.0
-                if score_mode == SCORES_ZERO:
+                if nonlinear_values and score_mode != SCORES_FINITE_HEAD:  # G = Φ(K̃), shared by the heads
+                    mlp_kernel_lanes(correlation, value_code, value_bound, value_second_moment, hermite_nodes,
+                                     hermite_weights, legendre_nodes, legendre_weights, value_gram, lanes)
+                if score_mode == SCORES_ZERO and plain and not nonlinear_values:
                     add_uniform_kernel_lanes(correlation, branch_weight, attention_sum, lanes)
+                elif score_mode == SCORES_ZERO or score_mode == SCORES_KERNEL:
+                    add_deterministic_kernel_lanes(correlation, value_gram if nonlinear_values else correlation,
+                                                   score_mode, branch_weight, plain, map_code, inverse_temperature,
+                                                   bias, allowed, keys, attention, work_a, scratch_a, scratch_b,
+                                                   attention_sum, lanes)
                 else:
                     cholesky_lanes(correlation, 0, lanes, chol, scratch_a)
                     for head in range(heads):
                         offset = ((layer - 1) * heads + head) * per_head
                         if score_mode == SCORES_GAUSSIAN:
                             gaussian_scores_lanes(chol, draws, offset, attention, work_a, lanes)
-                            softmax_rows_lanes(attention, scratch_a, scratch_b, lanes)
-                            add_mixed_kernel_lanes(attention, chol, head_weight, work_a, attention_sum, lanes)
+                            attention_rows_lanes(attention, plain, map_code, inverse_temperature, bias, allowed,
+                                                 keys, scratch_a, scratch_b, lanes)
+                            if nonlinear_values:
+                                add_sandwich_lanes(attention, value_gram, head_weight, work_a, attention_sum, lanes)
+                            else:
+                                add_mixed_kernel_lanes(attention, chol, head_weight, work_a, attention_sum, lanes)
                         else:
                             finite_head_scores_lanes(chol, draws, offset, head_dim, score_scale, attention, work_a,
-                                                     work_b, lanes)
-                            softmax_rows_lanes(attention, scratch_a, scratch_b, lanes)
-                            add_finite_value_kernel_lanes(attention, chol, draws, offset + 2 * s * head_dim, head_dim,
-                                                          head_weight, work_a, mixed_values, attention_sum, lanes)
+                                                     work_b, lanes, tied)
+                            attention_rows_lanes(attention, plain, map_code, inverse_temperature, bias, allowed,
+                                                 keys, scratch_a, scratch_b, lanes)
+                            if nonlinear_values:
+                                add_finite_phi_value_kernel_lanes(attention, chol, draws, offset + value_offset,
+                                                                  head_dim, head_weight, value_code, value_bound,
+                                                                  values, mixed_values, attention_sum, lanes)
+                            else:
+                                add_finite_value_kernel_lanes(attention, chol, draws, offset + value_offset,
+                                                              head_dim, head_weight, work_a, mixed_values,
+                                                              attention_sum, lanes)
                 for i in range(s):
                     for j in range(s):
                         for lane in range(lanes):
@@ -422,15 +577,18 @@ def sample_block(rng, input_kernel, depth, heads, branch_weight, score_mode, hea
 
 @numba.njit(**_JIT)
 def head_kernel_sums(rng, count, chol_full, chol_batches, score_mode, head_dim, score_scale, per_sample,
-                     first_index, sum_full, sum_batches):
-    """For the infinite-head recursion: sum_full += Σ_t A_t K̃ A_tᵀ over `count` samples t, each drawing one
+                     first_index, sum_full, sum_batches, plain, map_code, inverse_temperature, bias, allowed, keys,
+                     tied, nonlinear_values, gram_full, gram_batches):
+    """For the infinite-head recursion: sum_full += Σ_t A_t G A_tᵀ over `count` samples t, each drawing one
     head's score normals from rng, at the full run's K̃ = C Cᵀ; sum_batches[g] += the same at batch g's own K̃,
-    for the samples with (first_index + t) mod G = g. Values are integrated out: E[A V Vᵀ Aᵀ / N | A] = A K̃ Aᵀ.
+    for the samples with (first_index + t) mod G = g. Values are integrated out: E[A φ(V) φ(V)ᵀ Aᵀ / N | A] =
+    A G Aᵀ with G = K̃, or with nonlinear_values G = Φ(K̃) (gram_full (s, s), gram_batches (G, s, s)).
     Factors are (s, s) for the full run and (G, s, s) for the batches."""
     batches = chol_batches.shape[0]
     s = chol_full.shape[0]
     draws = np.empty((per_sample, LANES))
     chol = np.empty((s, s, LANES))
+    gram = np.empty((s, s, LANES))
     scores = np.empty((s, s, LANES))
     head_kernel = np.empty((s, s, LANES))
     work_a = np.empty((s, s, LANES))
@@ -446,13 +604,21 @@ def head_kernel_sums(rng, count, chol_full, chol_batches, score_mode, head_dim, 
                 for i in range(s):
                     for j in range(s):
                         chol[i, j, lane] = chol_full[i, j] if which == 0 else chol_batches[batch, i, j]
+                if nonlinear_values:
+                    for i in range(s):
+                        for j in range(s):
+                            gram[i, j, lane] = gram_full[i, j] if which == 0 else gram_batches[batch, i, j]
             if score_mode == SCORES_GAUSSIAN:
                 gaussian_scores_lanes(chol, draws, 0, scores, work_a, lanes)
             else:
-                finite_head_scores_lanes(chol, draws, 0, head_dim, score_scale, scores, work_a, work_b, lanes)
-            softmax_rows_lanes(scores, scratch_a, scratch_b, lanes)
+                finite_head_scores_lanes(chol, draws, 0, head_dim, score_scale, scores, work_a, work_b, lanes, tied)
+            attention_rows_lanes(scores, plain, map_code, inverse_temperature, bias, allowed, keys, scratch_a,
+                                 scratch_b, lanes)
             head_kernel[:, :, :] = 0.0
-            add_mixed_kernel_lanes(scores, chol, 1.0, work_a, head_kernel, lanes)
+            if nonlinear_values:
+                add_sandwich_lanes(scores, gram, 1.0, work_a, head_kernel, lanes)
+            else:
+                add_mixed_kernel_lanes(scores, chol, 1.0, work_a, head_kernel, lanes)
             for lane in range(lanes):
                 batch = (first_index + first + lane) % batches
                 for i in range(s):
@@ -464,9 +630,9 @@ def head_kernel_sums(rng, count, chol_full, chol_batches, score_mode, head_dim, 
 
 
 @numba.njit(**_JIT)
-def scores_block(rng, chol, score_mode, head_dim, score_scale, per_sample, out):
-    """One head's scores (count, s, s) at K̃ = C Cᵀ ((s, s)), each sample drawing its normals (Ξ, or Ξ_Q and
-    Ξ_K) in turn: the code path of sample_block's heads."""
+def scores_block(rng, chol, score_mode, head_dim, score_scale, per_sample, out, tied):
+    """One head's random scores (count, s, s) at K̃ = C Cᵀ ((s, s)), each sample drawing its normals (Ξ, or Ξ_Q
+    and Ξ_K, or Ξ_Q alone when tied) in turn: the code path of sample_block's heads."""
     count = out.shape[0]
     s = chol.shape[0]
     draws = np.empty((per_sample, LANES))
@@ -483,7 +649,7 @@ def scores_block(rng, chol, score_mode, head_dim, score_scale, per_sample, out):
         if score_mode == SCORES_GAUSSIAN:
             gaussian_scores_lanes(factor, draws, 0, scores, work_a, lanes)
         elif score_mode == SCORES_FINITE_HEAD:
-            finite_head_scores_lanes(factor, draws, 0, head_dim, score_scale, scores, work_a, work_b, lanes)
+            finite_head_scores_lanes(factor, draws, 0, head_dim, score_scale, scores, work_a, work_b, lanes, tied)
         for lane in range(lanes):
             for i in range(s):
                 for j in range(s):

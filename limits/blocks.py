@@ -22,8 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 import netsor
-from netsor import ProgramError, check_covariance
-from netsor.ir.nonlinearities import Nonlinearity, as_nonlinearity
+from netsor import Nonlinearity, ProgramError, as_nonlinearity, check_covariance
 
 from .score_maps import SOFTMAX, ScoreMap, check_mask, check_score_bias, check_temperature
 from .score_maps import score_map as as_score_map

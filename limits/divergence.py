@@ -114,7 +114,9 @@ def kl(finite, limit=None, method: str = "mixture", **options) -> KLEstimate:
     Sample methods ("kde", "fftkde", "knn"): `finite` and `limit` are draws, (N,) or (N, k).
     "mixture": each is the law's Gaussian components — variances (M,), covariances (M, k, k), a (means, covs)
     pair, or a `netsor.GaussianLaw` (one component).
-    "coupled": `finite` is a `netsor.CoupledDraws` (limit omitted), or two equally long paired component arrays.
+    "coupled": `finite` is a `netsor.CoupledDraws` or draws with its attributes (finite_mean, finite_cov, limit_mean,
+    limit_cov, twin_mean, twin_cov, antithetic; e.g. `limits.long_sequence.OneQueryDraws`), limit omitted; or two
+    equally long paired component arrays.
     Options: kde, fftkde grid_points (≥ 2); knn k (1 ≤ k ≤ min(N − 1, M)); 1-D zero-mean mixture/coupled bins
     (≥ 2); joint mixture/coupled eval_components, density_components (≥ 2 each; default: as many as `budget`
     allows, about equal), points (draws per evaluation component, a power of 2; default 2, more where `budget`
@@ -125,7 +127,7 @@ def kl(finite, limit=None, method: str = "mixture", **options) -> KLEstimate:
         raise ProgramError(f"kl: unknown method {method!r}; choose from {', '.join(METHODS)}")
     start = time.perf_counter()
     twin = None
-    if method == "coupled" and isinstance(finite, CoupledDraws):
+    if method == "coupled" and _coupled(finite):
         if limit is not None:
             raise ProgramError("kl: with CoupledDraws, pass no separate limit")
         if finite.antithetic:
@@ -193,6 +195,14 @@ def kl(finite, limit=None, method: str = "mixture", **options) -> KLEstimate:
 
 
 # ---- inputs and options
+_COUPLED_ATTRIBUTES = ("finite_mean", "finite_cov", "limit_mean", "limit_cov", "twin_mean", "twin_cov", "antithetic")
+
+
+def _coupled(x) -> bool:
+    """A `netsor.CoupledDraws`, or any draws exposing its attributes (e.g. `limits.long_sequence.OneQueryDraws`)."""
+    return isinstance(x, CoupledDraws) or all(hasattr(x, name) for name in _COUPLED_ATTRIBUTES)
+
+
 def _check_options(options: dict, key: str, what: str):
     extra = sorted(set(options) - set(OPTIONS[key]))
     if extra:

@@ -34,10 +34,13 @@ from netsor import GaussianLaw, ProgramError
 from .attention import AttentionLayer, attention_layer
 from .builders import Network
 from .divergence import METHODS, kl
+from .long_sequence import MAX_SEQ_LEN, one_query_draws
 from .stack import Transformer, transformer
 
 # n_samples: the draws asked for; n_used: the draws or components the estimate used; note: the estimator's caveat
 COLUMNS = ["width", "seed", "estimator", "kl", "se", "upper_bound", "n_samples", "n_used", "note", "seconds"]
+PATH_COLUMNS = ["width", "seq_len"] + COLUMNS[1:]  # kl_vs_width along a sequence path
+PATH_ESTIMATORS = ("coupled", "mixture")
 BACKENDS = ("local", "dask")
 MAX_WIDTH = netsor.MAX_WIDTH  # the engine's bound on widths (int64 kernels), checked before any task runs
 MAX_SEEDS = 1 << 20  # a count of seeds per point; more is a typo (and a million task files), not a sweep
@@ -70,6 +73,104 @@ class KLTask:
     def problem(self, row) -> str | None:
         """What is wrong with a stored row for this task (None: it can be used)."""
         return _row_problem(row, self)
+
+
+@dataclass(frozen=True)
+class SequencePath:
+    """A sequence length growing with the width: s(n) = factor · n^exponent, rounded up ("ceil") or down ("floor"),
+    and at least 1. Named ones (`SequencePath.named`): "n^1/4", "n^1/2", "n" (ceil), "n/16" (floor); a fixed
+    length s is SequencePath(exponent=0, factor=s)."""
+
+    exponent: float
+    factor: float = 1.0
+    rounding: str = "ceil"
+
+    NAMED = {"n^1/4": (0.25, 1.0, "ceil"), "n^1/2": (0.5, 1.0, "ceil"), "n": (1.0, 1.0, "ceil"),
+             "n/16": (1.0, 1.0 / 16, "floor")}
+
+    def __post_init__(self):
+        for name, value in (("exponent", self.exponent), ("factor", self.factor)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise ProgramError(f"SequencePath: {name} must be a finite number, got {value!r}")
+        if not 0 <= self.exponent <= 1:
+            raise ProgramError(f"SequencePath: exponent must be in [0, 1] (s ≤ n), got {self.exponent!r}")
+        if not self.factor > 0:
+            raise ProgramError(f"SequencePath: factor must be positive, got {self.factor!r}")
+        if self.rounding not in ("ceil", "floor"):
+            raise ProgramError(f"SequencePath: rounding must be 'ceil' or 'floor', got {self.rounding!r}")
+
+    @classmethod
+    def named(cls, name: str) -> "SequencePath":
+        if name not in cls.NAMED:
+            raise ProgramError(f"seq_len must be a callable n → s or one of {', '.join(cls.NAMED)}, got {name!r}")
+        return cls(*cls.NAMED[name])
+
+    def __call__(self, width) -> int:
+        value = self.factor * float(width) ** self.exponent
+        nearest = round(value)
+        if abs(value - nearest) <= 1e-9 * max(1.0, value):  # n^1/4 of 2^16 is 16.000000000000004: 16, not 17
+            return max(1, int(nearest))
+        return max(1, int(math.ceil(value) if self.rounding == "ceil" else math.floor(value)))
+
+    @property
+    def name(self) -> str:
+        for name, spec in self.NAMED.items():
+            if spec == (self.exponent, self.factor, self.rounding):
+                return name
+        if self.exponent == 0:
+            return f"{self.factor:g}"
+        power = "n" if self.exponent == 1 else f"n^{self.exponent:g}"
+        scale = "" if self.factor == 1 else f"{self.factor:g}·"
+        return f"{self.rounding}({scale}{power})"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class OneQueryTask:
+    """One point of `kl_vs_width` along a sequence path: KL(finite n ‖ limit) of y_1 (coordinate 0) of a single
+    gaussian-token attention layer at s = seq_len tokens, drawn by `limits.long_sequence.one_query_draws`."""
+
+    width: int
+    seq_len: int
+    seed: int
+    size: int
+    estimator: str
+    heads: int
+    score_map: str
+    temperature: float
+    options: tuple = ()
+
+    @property
+    def label(self) -> dict:
+        return {"seq_len": self.seq_len}
+
+    @property
+    def key(self) -> str:
+        return f"{self.estimator}-w{self.width}-L{self.seq_len}-s{self.seed}"
+
+    def problem(self, row) -> str | None:
+        return _row_problem(row, self)
+
+    def run(self) -> dict:
+        """Coupled: the triples of one seed (common random numbers across widths, SeedSequence(seed, (3,)));
+        mixture: the finite side and the limit side from independent draws (spawn keys (1, n) and (2, s))."""
+        start = time.perf_counter()
+        ss = lambda *key: np.random.SeedSequence(self.seed, spawn_key=key)  # noqa: E731
+        layer = dict(heads=self.heads, score_map=self.score_map, temperature=self.temperature)
+        if self.estimator == "coupled":
+            draws = one_query_draws(self.seq_len, self.width, self.size, ss(3), **layer)
+            estimate = kl(draws, method="coupled", **dict(self.options))
+        else:
+            finite = one_query_draws(self.seq_len, self.width, self.size, ss(1, self.width), antithetic=False,
+                                     **layer).finite_var
+            limit = one_query_draws(self.seq_len, self.width, self.size, ss(2, self.seq_len), antithetic=False,
+                                    **layer).limit_var
+            estimate = kl(finite, limit, method="mixture", **dict(self.options))
+        return dict(width=self.width, seq_len=self.seq_len, seed=self.seed, estimator=self.estimator,
+                    kl=estimate.value, se=estimate.se, upper_bound=estimate.upper_bound, n_samples=self.size,
+                    n_used=estimate.n_finite, note=estimate.note, seconds=time.perf_counter() - start)
 
 
 _LAWS: dict = {}  # per process: compiling a program's limit is paid once per sweep, not once per task
@@ -128,10 +229,16 @@ def run_task(task) -> dict | list:
 # ---- public sweeps
 def kl_vs_width(layer_or_program, variables=None, widths=(16, 64, 256, 1024), size: int = 50_000, seeds=1,
                 estimator: str = "mixture", backend: str = "local", client=None, out_dir=None,
-                progress: bool | None = None, reference: GaussianLaw | None = None,
+                progress: bool | None = None, reference: GaussianLaw | None = None, seq_len=None,
                 **estimator_options) -> pd.DataFrame:
     """KL(finite width n ‖ limit) for each width and seed → DataFrame (width, seed, estimator, kl, se,
     upper_bound, n_samples, seconds), sorted by width then seed.
+
+    seq_len: None (the layer's own tokens), or a path s = s(n) — a `SequencePath`, one of its names ("n^1/4",
+    "n^1/2", "n", "n/16") or a callable n → positive int ≤ n: then y_1 of the layer rebuilt at s(n) tokens is
+    compared at every width by `limits.long_sequence` (exact, O(H s²) per draw), with a seq_len column. It needs an
+    AttentionLayer with gaussian tokens, finitely many heads, head dimension n at "sqrt" scaling, no mask, kv_len,
+    score_bias or value nonlinearity, untied W_Q, W_K and the output projection; estimator "coupled" or "mixture".
 
     layer_or_program: an AttentionLayer, a Network, a Transformer, or a Program (then `variables` is required; for
     the others the default is their first output). widths: distinct positive ints (numpy integers too). seeds: a
@@ -143,6 +250,9 @@ def kl_vs_width(layer_or_program, variables=None, widths=(16, 64, 256, 1024), si
     infinite-head limit, to show a wrong limit is rejected).
     """
     _execution(backend, client, out_dir, progress)
+    if seq_len is not None:
+        return _kl_along_path(layer_or_program, variables, widths, size, seeds, estimator, backend, client, out_dir,
+                              progress, reference, seq_len, estimator_options)
     program, variables = _target(layer_or_program, variables, "kl_vs_width")
     widths = _positive_ints(widths, "widths", MAX_WIDTH)
     size, estimator, seeds = _size(size), _estimator(estimator), _seeds(seeds)
@@ -160,6 +270,68 @@ def kl_vs_width(layer_or_program, variables=None, widths=(16, 64, 256, 1024), si
               "size": size, "estimator": estimator, "options": repr(sorted(estimator_options.items())),
               "reference": None if reference is None else repr((reference.mean.tolist(), reference.cov.tolist()))}
     return _run(tasks, config, backend, client, out_dir, progress, "kl_vs_width.csv")
+
+
+# the builder's options a path sweep accepts, with the value each must have (the one-query sampler's layer)
+_PATH_FIXED = {"inputs": "gaussian", "head_dim": None, "scaling": "sqrt", "mask": None, "kv_len": None,
+               "score_bias": None, "value_nonlinearity": None, "tied_qk": False, "out_proj": True}
+
+
+def _kl_along_path(layer, variables, widths, size, seeds, estimator, backend, client, out_dir, progress,
+                   reference, path, estimator_options) -> pd.DataFrame:
+    """kl_vs_width with seq_len = a path: one OneQueryTask per (width, seed) at s = path(width)."""
+    where = "kl_vs_width"
+    path = _sequence_path(path)
+    if not isinstance(layer, AttentionLayer):
+        raise ProgramError(f"{where}: seq_len (a path) needs an AttentionLayer, got {type(layer).__name__}")
+    options = getattr(layer, "options", None)
+    if not isinstance(options, dict):
+        raise ProgramError(f"{where}: seq_len (a path) needs an AttentionLayer that records its options")
+    for name, value in _PATH_FIXED.items():
+        given = options.get(name, value)
+        if not (given is value or (isinstance(value, str) and isinstance(given, str) and given == value)):
+            raise ProgramError(f"{where}: seq_len (a path) needs a layer with {name}={value!r} (the one-query "
+                               f"sampler's layer), got {name}={given!r}")
+    if layer.infinite_heads:
+        raise ProgramError(f"{where}: seq_len (a path) needs finitely many heads, got heads=inf")
+    if variables is not None:
+        raise ProgramError(f"{where}: seq_len (a path) compares y_1's coordinate 0 only; pass no variables")
+    if reference is not None:
+        raise ProgramError(f"{where}: seq_len (a path) compares with the layer's own limit; pass no reference")
+    if estimator not in PATH_ESTIMATORS:
+        raise ProgramError(f"{where}: seq_len (a path) needs estimator 'coupled' or 'mixture', got {estimator!r}")
+    widths = _positive_ints(widths, "widths", MAX_WIDTH)
+    size, seeds = _size(size), _seeds(seeds)
+    lengths = {}
+    for w in widths:
+        s = path(w)
+        if isinstance(s, (bool, np.bool_)) or not isinstance(s, numbers.Integral) or not 1 <= s <= min(w,
+                                                                                                        MAX_SEQ_LEN):
+            raise ProgramError(f"{where}: seq_len {_path_name(path)} gives s = {s!r} at width {w}; it must be an "
+                               f"integer in 1..min(n, {MAX_SEQ_LEN})")
+        lengths[w] = int(s)
+    score_map = options.get("score_map")
+    heads, temperature = int(layer.heads), float(options.get("temperature", 1.0))
+    map_name = getattr(score_map, "name", "softmax" if score_map is None else score_map)
+    tasks = [OneQueryTask(w, lengths[w], s, size, estimator, heads, map_name, temperature,
+                          _options(estimator_options)) for w in widths for s in seeds]
+    # what a task's row depends on besides (width, seq_len, seed): the path itself is in every task's key, as s
+    config = {"sweep": "kl_vs_width/one-query", "heads": heads, "score_map": map_name, "temperature": temperature,
+              "size": size, "estimator": estimator, "options": repr(sorted(estimator_options.items()))}
+    return _run(tasks, config, backend, client, out_dir, progress, "kl_vs_width.csv", columns=PATH_COLUMNS)
+
+
+def _sequence_path(path):
+    if isinstance(path, str):
+        return SequencePath.named(path)
+    if not callable(path):
+        raise ProgramError(f"kl_vs_width: seq_len must be None, a SequencePath, one of "
+                           f"{', '.join(SequencePath.NAMED)} or a callable n → s, got {path!r}")
+    return path
+
+
+def _path_name(path) -> str:
+    return getattr(path, "name", None) or getattr(path, "__name__", None) or repr(path)
 
 
 def kl_vs_heads(heads=(1, 2, 4, 8, 16), width: int | None = None, outputs=(0,), size: int = 50_000, seeds=1,
@@ -660,8 +832,9 @@ def _row_problem(row, task: KLTask) -> str | None:
     if not isinstance(row["upper_bound"], bool):
         return f"has upper_bound = {row['upper_bound']!r}, not true or false"
     used = row["n_used"]
-    if isinstance(used, bool) or not isinstance(used, int) or not 1 <= used <= task.size:
-        return f"has n_used = {used!r}, not a count of at most {task.size}"
+    most = task.size * (2 if task.estimator == "coupled" else 1)  # coupled triples hold two finite draws (twins)
+    if isinstance(used, bool) or not isinstance(used, int) or not 1 <= used <= most:
+        return f"has n_used = {used!r}, not a count of at most {most}"
     if not isinstance(row["note"], str):
         return f"has note = {row['note']!r}, not a string"
     return None
@@ -784,4 +957,4 @@ def _positions(outputs, count: int) -> list[int]:
 
 
 __all__ = ["kl_vs_width", "kl_vs_heads", "kernel_vs_heads", "fit_rate", "summarize", "RateFit", "fit_constant",
-           "ConstantFit", "KLTask", "run_task"]
+           "ConstantFit", "KLTask", "run_task", "SequencePath", "OneQueryTask"]

@@ -29,8 +29,8 @@ from . import compiled, parallel, quadrature, random, testing
 from .errors import ProgramError
 from .ir.fingerprint import fingerprint
 from .ir.layers import feedforward, layernorm, mean_pool, residual
-from .ir.nonlinearities import (Clip, LeakyRelu, Nonlinearity, clip, erf, from_sympy, gelu, identity, leaky_relu, relu,
-                                square, tanh)
+from .ir.nonlinearities import (Clip, LeakyRelu, Nonlinearity, as_nonlinearity, clip, erf, from_sympy, gelu, identity,
+                                leaky_relu, relu, square, tanh)
 from .ir.program import (Dot, HeadSum, Input, LinComb, MatMul, Matrix, Moment, Node, Nonlin, Program, Scalar,
                          ScalarFn, SoftmaxEntry, Vector, check_covariance, dot, infinite_head_sum, lincomb, matmul,
                          moment, nonlin, scalar_fn, softmax)
@@ -45,7 +45,8 @@ __all__ = [
     "scalar_fn", "softmax", "infinite_head_sum", "check_covariance", "fingerprint", "limit", "Law", "GaussianLaw",
     "simulate", "simulate_with_moments", "MAX_WIDTH", "finite_width_correction", "FiniteWidthCorrection",
     "simulate_coupled", "CoupledDraws", "dense_block_size", "Nonlinearity", "Clip", "LeakyRelu", "identity",
-    "relu", "erf", "tanh", "gelu", "square", "clip", "leaky_relu", "from_sympy", "layernorm", "residual",
+    "relu", "erf", "tanh", "gelu", "square", "clip", "leaky_relu", "from_sympy", "as_nonlinearity", "layernorm",
+    "residual",
     "feedforward", "mean_pool",
     "compiled", "parallel", "quadrature", "random", "testing",
 ]

@@ -1,5 +1,6 @@
 """Random streams. Every draw comes from a Generator keyed by (root seed, block, stream), so results do not depend
-on how work is chunked or how many threads run it."""
+on how work is chunked or how many threads run it. And the one reflection of a χ² draw through its distribution
+function (`reflect_chisquare`), by which antithetic twins are made."""
 from __future__ import annotations
 
 import numbers
@@ -9,7 +10,7 @@ import numpy as np
 
 from .errors import ProgramError
 
-__all__ = ["seed_sequence", "stream", "check_size"]
+__all__ = ["seed_sequence", "stream", "check_size", "reflect_chisquare"]
 
 
 def seed_sequence(seed) -> np.random.SeedSequence:
@@ -52,3 +53,20 @@ def check_size(size, where: str = "size", floats_per_item: int = 1) -> int:
                            f"results (at most {RESULT_BYTES / 2**30:.3g} GiB, this machine's memory or 64 GiB): "
                            f"draw it in parts with other seeds")
     return size
+
+
+def reflect_chisquare(values: np.ndarray, dof) -> np.ndarray:
+    """x′ = F⁻¹(1 − F(x)) for χ²_dof draws x (F its distribution function; dof broadcast against values): again
+    χ²_dof, with the draw's fluctuation negated at first order. The one reflection of the antithetic twins."""
+    from scipy.special import gammainc, gammaincc, gammainccinv, gammaincinv  # at first use: start-up stays light
+
+    x = np.asarray(values, dtype=float) / 2.0  # χ²_ν = 2·Gamma(ν/2)
+    half = np.broadcast_to(np.asarray(dof, dtype=float) / 2.0, x.shape)
+    lower = gammainc(half, x)
+    twin = np.empty_like(x)
+    # F(x′) = 1 − F(x), each side inverted from the tail that keeps its digits
+    low = lower < 0.5
+    twin[low] = gammainccinv(half[low], lower[low])
+    high = ~low
+    twin[high] = gammaincinv(half[high], gammaincc(half[high], x[high]))
+    return 2.0 * twin

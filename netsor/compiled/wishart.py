@@ -69,11 +69,25 @@ def any_chisquare(bits, df, b, c):
 
 @numba.njit(inline="always", **_JIT)
 def bartlett_bits(bits_normal, bits_chi, dof, bs, cs, T, s):
-    """`bartlett_into` from the two Generators' bit generators."""
-    M = bs.shape[0]
+    """`bartlett_into` from the two Generators' bit generators: `bartlett_normal_bits`, then `bartlett_chi_bits`."""
+    bartlett_normal_bits(bits_normal, bs.shape[0], T, s)
+    bartlett_chi_bits(bits_chi, dof, bs, cs, T, s)
+
+
+@numba.njit(inline="always", **_JIT)
+def bartlett_normal_bits(bits_normal, M, T, s):
+    """The below-diagonal half of a Bartlett draw: T[s, i, j] ~ N(0, 1) for i > j, row by row (a sampler that needs
+    a factor's χ's before its normals, e.g. to reflect them for an antithetic twin, draws the halves apart from
+    their two streams and gets the numbers `bartlett_bits` would)."""
     for i in range(M):
         for j in range(i):
             T[s, i, j] = random_standard_normal(bits_normal)
+
+
+@numba.njit(inline="always", **_JIT)
+def bartlett_chi_bits(bits_chi, dof, bs, cs, T, s):
+    """The diagonal half of a Bartlett draw: T[s, i, i] = sqrt(χ²_{dof−i}), i < M = len(bs)."""
+    M = bs.shape[0]
     if dof - M + 1 > 2:
         for i in range(M):
             T[s, i, i] = np.sqrt(squeeze_chisquare(bits_chi, bs[i], cs[i]))

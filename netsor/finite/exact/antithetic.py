@@ -9,7 +9,8 @@ T′T′ᵀ ~ Wishart(ν, I_M) exactly. With T/sqrt(ν) = I + ε E + O(ε²), ε
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import gammainc, gammaincc, gammainccinv, gammaincinv
+
+from ...random import reflect_chisquare
 
 
 def antithetic_factor(T: np.ndarray, dof: int, flip_below: bool = True) -> np.ndarray:
@@ -18,16 +19,7 @@ def antithetic_factor(T: np.ndarray, dof: int, flip_below: bool = True) -> np.nd
     their distribution function."""
     M = T.shape[1]
     out = -T if flip_below else T.copy()
-    half = (dof - np.arange(M)) / 2.0  # χ²_{ν−i} = 2·Gamma((ν − i)/2)
-    x = np.einsum("sii->si", T) ** 2 / 2.0
-    half = np.broadcast_to(half, x.shape)
-    lower = gammainc(half, x)
-    twin = np.empty_like(x)
-    # F(x′) = 1 − F(x), each side inverted from the tail that keeps its digits
-    low = lower < 0.5
-    twin[low] = gammainccinv(half[low], lower[low])
-    high = ~low
-    twin[high] = gammaincinv(half[high], gammaincc(half[high], x[high]))
+    squares = np.einsum("sii->si", T) ** 2
     idx = np.arange(M)
-    out[:, idx, idx] = np.sqrt(2.0 * twin)
+    out[:, idx, idx] = np.sqrt(reflect_chisquare(squares, np.broadcast_to(dof - np.arange(M), squares.shape)))
     return out
