@@ -21,13 +21,14 @@ import numba  # noqa: E402
 import numpy  # noqa: E402
 import scipy  # noqa: E402
 
-from benchmarks import (attention, correction, dense, exact, kl_sweep, lazy, nested_limit, scaling,  # noqa: E402
-                        startup, training)
+from benchmarks import (attention, correction, dense, exact, kl_sweep, lazy, long_sequence, nested_limit,  # noqa: E402
+                        scaling, startup, training)
 
 HERE = Path(__file__).resolve().parent
 SUITES = {"dense": dense.run, "attention": attention.run, "exact": exact.run, "lazy": lazy.run,
           "nested_limit": nested_limit.run, "kl_sweep": kl_sweep.run, "correction": correction.run,
-          "training": training.run, "startup": startup.run, "scaling": scaling.run}
+          "training": training.run, "startup": startup.run, "scaling": scaling.run,
+          "long_sequence": long_sequence.run}
 
 
 def machine() -> dict:

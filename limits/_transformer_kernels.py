@@ -215,6 +215,22 @@ def add_mixed_kernel_lanes(attention, chol, weight, mixed, acc, lanes):
                 acc[i, j, lane] = acc[j, i, lane]
 
 
+@numba.njit(inline="always", **_JIT)
+def _add_head_gram_lanes(mixed_values, head_dim, weight, acc, lanes):
+    """acc += weight · M Mᵀ / N for the s × N mixed values M of a fixed-head-dimension head (symmetric fill)."""
+    s = acc.shape[0]
+    scale = weight / head_dim
+    for i in range(s):
+        for j in range(i + 1):
+            for t in range(head_dim):
+                for lane in range(lanes):
+                    acc[i, j, lane] += scale * mixed_values[i, t, lane] * mixed_values[j, t, lane]
+    for i in range(s):
+        for j in range(i + 1, s):
+            for lane in range(lanes):
+                acc[i, j, lane] = acc[j, i, lane]
+
+
 @numba.njit(**_JIT)
 def add_finite_value_kernel_lanes(attention, chol, draws, offset, head_dim, weight, mixed, mixed_values, acc, lanes):
     """acc += weight · A (V Vᵀ / N) Aᵀ with values V = C Ξ_V (Ξ_V the s × N matrix at offset)."""
@@ -233,16 +249,7 @@ def add_finite_value_kernel_lanes(attention, chol, draws, offset, head_dim, weig
             for k in range(s):
                 for lane in range(lanes):
                     mixed_values[i, t, lane] += mixed[i, k, lane] * draws[offset + k * head_dim + t, lane]
-    scale = weight / head_dim
-    for i in range(s):
-        for j in range(i + 1):
-            for t in range(head_dim):
-                for lane in range(lanes):
-                    acc[i, j, lane] += scale * mixed_values[i, t, lane] * mixed_values[j, t, lane]
-    for i in range(s):
-        for j in range(i + 1, s):
-            for lane in range(lanes):
-                acc[i, j, lane] = acc[j, i, lane]
+    _add_head_gram_lanes(mixed_values, head_dim, weight, acc, lanes)
 
 
 @numba.njit(**_JIT)
@@ -281,16 +288,7 @@ def add_finite_phi_value_kernel_lanes(attention, chol, draws, offset, head_dim, 
             for k in range(s):
                 for lane in range(lanes):
                     mixed_values[i, t, lane] += attention[i, k, lane] * values[k, t, lane]
-    scale = weight / head_dim
-    for i in range(s):
-        for j in range(i + 1):
-            for t in range(head_dim):
-                for lane in range(lanes):
-                    acc[i, j, lane] += scale * mixed_values[i, t, lane] * mixed_values[j, t, lane]
-    for i in range(s):
-        for j in range(i + 1, s):
-            for lane in range(lanes):
-                acc[i, j, lane] = acc[j, i, lane]
+    _add_head_gram_lanes(mixed_values, head_dim, weight, acc, lanes)
 
 
 @numba.njit(**_JIT)

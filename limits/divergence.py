@@ -285,6 +285,9 @@ def _components(x, name: str) -> tuple[np.ndarray, np.ndarray]:
         raise ProgramError(f"kl: {name} components contain NaN or inf")
     diag = np.diagonal(covs, axis1=1, axis2=2)
     if np.any(diag <= 0):
+        if np.all(diag >= 0):  # exact zeros: an atom (e.g. ReLU attention's y = 0 when no key gets weight)
+            raise ProgramError(f"kl: {name} components have a non-positive variance ({np.sum(diag == 0)} exactly 0): "
+                               "the law has an atom there and no density, so no density-based KL is estimated")
         raise ProgramError(f"kl: {name} components have a non-positive variance: the variable is not Gaussian given "
                            "what was conditioned on, so this law has no mixture form here; use a sample-based "
                            "estimator (kde, fftkde, knn)")

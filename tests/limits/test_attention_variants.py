@@ -181,3 +181,13 @@ def test_variant_arguments_are_refused_with_their_names():
         attention_layer(seq_len=2).rebuild(width=3)
     with pytest.raises(netsor.ProgramError, match="positional: kind must be one of sinusoidal, random"):
         limits.positional(3, "learned")
+
+
+def test_relu_attention_atom_is_refused_not_estimated():
+    """A row whose logits are all negative gets no weight: y = 0 with probability ≈ 2^-s, an atom with no density."""
+    layer = attention_layer(seq_len=2, heads=1, inputs="gaussian", score_map="relu")
+    _, covs = netsor.limit(layer.program).conditional_moments([layer.outputs[0]], 4000, seed=0)
+    zero = np.mean(covs[:, 0, 0] == 0)
+    assert abs(zero - 0.25) < 4 * np.sqrt(0.25 * 0.75 / 4000)  # both scores ≤ 0: 1/4 for iid tokens
+    with pytest.raises(netsor.ProgramError, match="exactly 0.*atom there and no density"):
+        limits.kl(covs[:, 0, 0], covs[:, 0, 0], method="mixture")
