@@ -29,7 +29,7 @@ from netsor.testing import cov_check
 FIGURES = Path(os.environ.get("NETSOR_FIGURES", "figures"))  # the tests write elsewhere
 layer = attention_layer(seq_len=3, heads=1, inputs="relu")
 law = layer.law()
-print(law.describe(layer.outputs[:1]))
+print(law.describe(layer.outputs[:1]))  # what y1 reads: query 1's scores, C = Σ_11 Σ_X
 
 # %% [markdown]
 # ## Σ_X and Σ_X ⊗ Σ_X, exactly, and checked against finite-width networks
@@ -71,7 +71,7 @@ plot.save(fig, FIGURES / "04_relu_kl_vs_width")
 # %%
 np.testing.assert_allclose(sigma_x, closed_form, atol=1e-10)
 np.testing.assert_allclose(score_cov, np.kron(sigma_x, sigma_x), atol=1e-12)
-assert "1/(2*pi)" in law.describe(layer.outputs[:1]) and "Σ ⊗ Σ" in law.describe(layer.outputs[:1])
+assert "1/(2*pi)" in law.describe(layer.outputs[:1]) and "Σ ⊗ Σ" in law.describe(layer.outputs)  # all 9 scores
 assert checks[1024][0] and not checks[8][0], checks
 assert fit.ci[0] > 1.0, fit
 print("all claims hold")
