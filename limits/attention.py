@@ -12,7 +12,7 @@ The heads are built by `limits.blocks.attention_block` (names p^h_i,j, A^h_i, o^
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -46,7 +46,32 @@ class AttentionLayer:
     head_dim: int | None
     scaling: str
     key_sets: tuple  # key_sets[i]: the 0-based indices of the keys query i sees (scores[h][i] in that order)
-    options: dict  # the builder's checked arguments: `rebuild` makes the same layer with some of them changed
+    options: dict = field(compare=False)  # the builder's checked arguments (`rebuild`); not part of == or hash
+
+    @property
+    def summary(self) -> str:
+        """The layer in one line, as figures and tables name it: s, H, d, scaling, tokens and the variants set."""
+        o = self.options
+        inputs = o["inputs"] if isinstance(o["inputs"], str) else "given Σ"
+        heads = "∞" if self.infinite_heads else str(self.heads)
+        parts = [f"attention s={self.seq_len}", f"H={heads}", f"d={self.head_dim or 'n'}",
+                 f"1/{'sqrt(d)' if self.scaling == 'sqrt' else 'd'} scores", f"{inputs} tokens"]
+        if o["kv_len"] is not None:
+            parts.append(f"cross-attention t={o['kv_len']}")
+        if o["mask"] is not None:
+            causal = o["mask"].shape[0] == o["mask"].shape[1] and np.array_equal(o["mask"], np.tril(o["mask"] | True))
+            parts.append("causal mask" if causal else "masked")
+        if o["score_map"].name != "softmax":
+            parts.append(f"{o['score_map'].name} map")
+        if o["temperature"] != 1.0:
+            parts.append(f"τ={o['temperature']:g}")
+        if o["score_bias"] is not None:
+            parts.append("score bias")
+        if o["value_nonlinearity"] is not None:
+            parts.append(f"{o['value_nonlinearity'].name} values")
+        if o["tied_qk"]:
+            parts.append("tied W_K = W_Q")
+        return ", ".join(parts)
 
     @property
     def kv_len(self) -> int:

@@ -63,7 +63,7 @@ def _tokens(prog: netsor.Program, seq_len: int, inputs, clip: float, where: str 
     return prog.inputs([f"x{i}" for i in range(1, seq_len + 1)], cov=cov)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Variants:
     """The attention variants of a block, checked once at the builder's boundary (see `attention_block`)."""
 

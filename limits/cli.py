@@ -156,6 +156,7 @@ def parser() -> argparse.ArgumentParser:
     kl.add_argument("--out", type=_folder, default="netsor-results",
                     help="output folder (default ./netsor-results)")
     kl.add_argument("--no-progress", action="store_true", help="no progress bar")
+    kl.add_argument("--open", action="store_true", help="open the figure in the system's viewer when written")
     kl.add_argument("--predict", action="store_true",
                     help="also compute KL = c/n² from the first finite-width correction and compare")
     kl.add_argument("--predict-size", type=_positive(), default=None,
@@ -199,19 +200,6 @@ def _layer(args):
                            score_map=args.score_map, temperature=args.temperature,
                            score_bias=None if args.alibi is None else alibi(args.seq_len, args.alibi, keys),
                            value_nonlinearity=args.value_nonlinearity, tied_qk=args.tied_qk)
-
-
-def _layer_text(args) -> str:
-    """The layer's options as the figure and the table's header say them (variants only where set)."""
-    text = (f"seq_len={args.seq_len} heads={args.heads} head_dim={args.head_dim or 'n'} scaling={args.scaling} "
-            f"inputs={args.inputs}")
-    extra = [f"mask={args.mask}" if args.mask != "none" else "", f"kv_len={args.kv_len}" if args.kv_len else "",
-             f"score_map={args.score_map}" if args.score_map != "softmax" else "",
-             f"temperature={args.temperature:g}" if args.temperature != 1.0 else "",
-             f"alibi={args.alibi:g}" if args.alibi is not None else "",
-             f"values={args.value_nonlinearity}" if args.value_nonlinearity else "",
-             "tied_qk" if args.tied_qk else "", f"positional={args.positional}" if args.positional != "none" else ""]
-    return " ".join([text] + [e for e in extra if e])
 
 
 def _positions(layer, index: int | None) -> list[int]:
@@ -272,7 +260,7 @@ def _kl(args) -> None:
     finally:
         if client is not None:
             client.close()
-    print(f"KL(finite n ‖ limit) of {layer.outputs[index].name}: {_layer_text(args)}, {args.estimator}")
+    print(f"KL(finite n ‖ limit) of {layer.outputs[index].name}: {layer.summary}; {args.estimator}")
     print(df.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     try:
         fit = fit_rate(df)
@@ -292,11 +280,24 @@ def _kl(args) -> None:
             print(f"no measured constant: {e}")
     try:
         plot.kl_vs_width(df, fit=fit if fit is not None else False, path=args.out / "kl_vs_width",
-                         predicted=None if prediction is None else prediction[:2])
+                         predicted=None if prediction is None else prediction[:2],
+                         title=f"KL(finite n ‖ limit) of {layer.outputs[index].name}, {layer.summary}")
     except OSError as e:
         raise ProgramError(f"--out {args.out}: cannot write the figure ({e.strerror or e})") from None
-    print(f"wrote {args.out / 'kl_vs_width.csv'}, {args.out / 'kl_vs_width.png'} (and .pdf) "
-          f"in {time.perf_counter() - start:.1f} s")
+    figure = args.out / "kl_vs_width.png"
+    print(f"wrote {args.out / 'kl_vs_width.csv'}, {figure} (and .pdf) in {time.perf_counter() - start:.1f} s")
+    if args.open:
+        _open(figure)
+
+
+def _open(path) -> None:
+    """Show a written figure in the system's viewer (or browser); say where it is when none can be reached."""
+    import webbrowser
+    try:
+        opened = webbrowser.open(path.resolve().as_uri())
+    except Exception:  # noqa: BLE001 - any viewer failure is reported, never raised
+        opened = False
+    print(f"opened {path}" if opened else f"no viewer to open {path} here; open that file yourself")
 
 
 def _predict(layer, index: int, size: int) -> tuple[float, float, str]:

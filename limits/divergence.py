@@ -107,6 +107,23 @@ class KLEstimate:
             return f"KL = {self.value:.4g} ± {self.se:.2g} ({self.method}){note}"
         return f"KL = {self.value:.4g} ({self.method}){note}"
 
+    def _repr_html_(self) -> str:
+        """Jupyter: the estimate, its method and sample sizes."""
+        from netsor.display import html_block
+        return html_block(str(self), f"method {self.method}; {self.n_finite} finite and {self.n_limit} limit draws "
+                                     f"or components; {self.seconds:.3g} s")
+
+    def _repr_latex_(self) -> str:
+        """Jupyter: KL = value ± se (or the bound) as math."""
+        from netsor.display import latex_number
+        if self.upper_bound:
+            body = f"\\mathrm{{KL}} < {latex_number(self.bound, 3)}"
+        elif np.isfinite(self.se):
+            body = f"\\mathrm{{KL}} = {latex_number(self.value)} \\pm {latex_number(self.se, 2)}"
+        else:
+            body = f"\\mathrm{{KL}} = {latex_number(self.value)}"
+        return f"${body}$ ({self.method}, {self.n_finite} draws)"
+
 
 def kl(finite, limit=None, method: str = "mixture", **options) -> KLEstimate:
     """KL(finite ‖ limit) by `method` (see the module docstring).

@@ -47,11 +47,12 @@ def _axes(ax):
 
 
 def kl_vs_width(df, fit: RateFit | bool | None = True, against: str = "width", ax=None, path=None, label=None,
-                predicted=None):
+                predicted=None, title=None):
     """Log–log KL (mean over seeds, error bar 1 SE) against `against`; points under 3 SE drawn as upper bounds
     (open triangles at mean + 2 SE); `fit` True fits `fit_rate` (skipped if too few points), or pass a RateFit.
     `predicted`, a FiniteWidthCorrection or a pair (c, se), draws KL = c/n² with a band of ±2 se across the
-    plotted widths."""
+    plotted widths. title: what the figure shows (e.g. the layer's `summary`); the estimator and the draws per
+    point are added from the table (an axes that has a title keeps it)."""
     if not isinstance(df, pd.DataFrame):
         raise ProgramError(f"plot.kl_vs_width: df must be the DataFrame of a sweep, got {type(df).__name__}")
     if df.empty:
@@ -98,15 +99,38 @@ def kl_vs_width(df, fit: RateFit | bool | None = True, against: str = "width", a
     ax.set_ylabel("KL(finite ‖ limit)")
     ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
+    if not ax.get_title():
+        ax.set_title(_sweep_title(df, title), fontsize=9)
     if path is not None:
         save(fig, path)
     return fig, ax
 
 
+def _sweep_title(df: pd.DataFrame, title=None) -> str:
+    """What a KL figure shows: the caller's subject (default: KL(finite ‖ limit)), the estimator, draws per point."""
+    parts = [title or "KL(finite ‖ limit)"]
+    if "estimator" in df:
+        parts.append(", ".join(sorted(set(map(str, df["estimator"])))) + " estimator")
+    if "n_samples" in df:
+        sizes = sorted(set(int(v) for v in df["n_samples"]))
+        seeds = df.groupby([c for c in ("width", "heads", "seq_len") if c in df]).size().max() if len(df) else 1
+        parts.append(f"{'/'.join(f'{v:,}' for v in sizes)} draws × {seeds} seed{'s' if seeds > 1 else ''} per point")
+    return "\n".join([parts[0], ", ".join(parts[1:])]) if len(parts) > 1 else parts[0]
+
+
+def _subject(layer_or_program) -> str:
+    """A layer's one-line summary, or the program's name."""
+    summary = getattr(layer_or_program, "summary", None)
+    if isinstance(summary, str):
+        return summary
+    program = getattr(layer_or_program, "program", layer_or_program)
+    return f"program {getattr(program, 'name', '?')!r}"
+
+
 def densities(layer_or_program, widths=(16, 64, 256, 1024), variables=None, size: int = 50_000, seed=0, ax=None,
               path=None, bins: int = 120):
     """Histograms (as step densities) of one finite-width variable at each width, with the limit density
-    (exact mixture `Law.pdf`) on top."""
+    (exact mixture `Law.pdf`) on top; titled with the layer, the variable and the draws per width."""
     program, variables = _target(layer_or_program, variables, "plot.densities")
     if len(variables) != 1:
         raise ProgramError("plot.densities: pass one variable")
@@ -125,6 +149,9 @@ def densities(layer_or_program, widths=(16, 64, 256, 1024), variables=None, size
     ax.set_xlabel(variables[0].name)
     ax.set_ylabel("density")
     ax.legend(fontsize=8)
+    if not ax.get_title():
+        ax.set_title(f"{_subject(layer_or_program)}\n{variables[0].name}: exact finite width, {size:,} draws per "
+                     "width, against the limit density", fontsize=9)
     if path is not None:
         save(fig, path)
     return fig, ax
@@ -161,6 +188,9 @@ def scores(layers: dict, widths=(16, 256), size: int = 50_000, seed=0, ax=None, 
     ax.set_xlabel("score p₁₁")
     ax.set_ylabel("density")
     ax.legend(fontsize=7)
+    if not ax.get_title():
+        ax.set_title(f"score p₁₁ of {', '.join(map(str, layers))}: {size:,} draws per width and for the limit",
+                     fontsize=9)
     if path is not None:
         save(fig, path)
     return fig, ax

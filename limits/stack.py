@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -69,7 +69,7 @@ class Transformer:
     mlp: str | None
     mlp_weight_var: float
     tied_qk: bool = False
-    variants: Variants = Variants()  # mask, score map, temperature, score bias, value nonlinearity of every block
+    variants: Variants = field(default=Variants(), compare=False)  # the variants of every block (not hashed)
 
     @property
     def branch_scale(self) -> float:

@@ -441,6 +441,16 @@ class RateFit:
         return (f"{label} ∝ {self.against}^(−{self.exponent:.3f}), 95% CI [{self.ci[0]:.3f}, {self.ci[1]:.3f}] "
                 f"({used} of {len(self.points)} points above 3 SE)")
 
+    def _repr_html_(self) -> str:
+        """Jupyter: the fit and the points it used."""
+        from netsor.display import html_block
+        return html_block(str(self), self.points.to_string(index=False))
+
+    def _repr_latex_(self) -> str:
+        label = r"\mathrm{KL}" if self.value == "kl" else rf"\mathrm{{{self.value}}}"
+        return (rf"${label} \propto \mathrm{{{self.against}}}^{{-{self.exponent:.3f}}}$, 95% CI "
+                rf"[{self.ci[0]:.3f}, {self.ci[1]:.3f}]")
+
 
 def summarize(df: pd.DataFrame, against: str = "width", min_snr: float = 3.0, value: str = "kl",
               se: str = "se") -> pd.DataFrame:
@@ -559,6 +569,11 @@ class ConstantFit:
             return text
         return (f"{text}\npredicted c = {self.predicted[0]:.4g} ± {self.predicted[1]:.2g}: measured/predicted = "
                 f"{self.ratio:.3g}, {pct} CI [{self.ratio_ci[0]:.3g}, {self.ratio_ci[1]:.3g}], z = {self.z:+.2f}")
+
+    def _repr_html_(self) -> str:
+        """Jupyter: the measured constant (and the prediction) over the points per width."""
+        from netsor.display import html_block
+        return html_block(str(self).replace("\n", "; "), self.points.to_string(index=False))
 
 
 def fit_constant(df: pd.DataFrame, prediction=None, pool: int = 2, min_snr: float = 3.0,

@@ -25,7 +25,7 @@ References cited by short name in the docstrings (full list in the README, *Refe
 """
 from importlib import import_module
 
-from . import compiled, parallel, quadrature, random, testing
+from . import compiled, display, parallel, quadrature, random, testing
 from .errors import ProgramError
 from .ir.fingerprint import fingerprint
 from .ir.layers import feedforward, layernorm, mean_pool, residual
@@ -48,7 +48,7 @@ __all__ = [
     "relu", "erf", "tanh", "gelu", "square", "clip", "leaky_relu", "from_sympy", "as_nonlinearity", "layernorm",
     "residual",
     "feedforward", "mean_pool",
-    "compiled", "parallel", "quadrature", "random", "testing",
+    "compiled", "display", "parallel", "quadrature", "random", "testing",
 ]
 
 # The finite-width interpreters load on first use (PEP 562): the limit, and start-up, need none of them.

@@ -10,7 +10,7 @@ import netsor
 
 ROOT = Path(__file__).resolve().parent.parent
 PUBLIC_MODULES = ("netsor", "netsor.random", "netsor.testing", "netsor.quadrature", "netsor.compiled",
-                  "netsor.parallel")
+                  "netsor.parallel", "netsor.display")
 
 
 def module_name(path: Path) -> str:

@@ -636,6 +636,17 @@ class FiniteWidthCorrection:
     def __str__(self) -> str:
         return self.describe()
 
+    def _repr_html_(self) -> str:
+        """Jupyter: `describe()` as text."""
+        from ..display import html_block
+        title, _, body = self.describe().partition("\n")
+        return html_block(title, body)
+
+    def _repr_latex_(self) -> str:
+        """Jupyter: `describe(latex=True)` as display math."""
+        from ..display import latex_lines
+        return latex_lines(self.describe(latex=True).splitlines())
+
 
 def chain_formulas(layers: int, variance: float) -> dict:
     """Deep linear chain y = W_L ⋯ W_1 x (coordinate 0), V_n = V_∞ Π_l χ²_n/n: its exact excess kurtosis and the

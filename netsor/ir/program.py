@@ -475,6 +475,19 @@ class Program:
     def __repr__(self) -> str:
         return f"<Program {self.name!r}: {len(self._nodes)} nodes>"
 
+    def _repr_html_(self) -> str:
+        """Jupyter: the program as a table, one row per node (inputs and matrices with their laws)."""
+        from ..display import html_table
+        rows = []
+        for line in str(self).splitlines()[1:]:
+            name, sep, rest = line.strip().partition(" := " if " := " in line else " : ")
+            kind = rest.rsplit("(", 1)[1].rstrip(")") if sep == " := " and rest.endswith(")") else (
+                "input" if "input in" in rest else "matrix")
+            definition = rest.rsplit("  (", 1)[0].strip() if sep == " := " else rest
+            rows.append((name.strip(), definition, kind))
+        return html_table(f"Netsor program {self.name!r} (width n), {len(self._nodes)} nodes", ("node", "definition",
+                                                                                                  "kind"), rows)
+
     # ---- internals
     def _fresh(self, base: str) -> str:
         if base not in self._by_name:

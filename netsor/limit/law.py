@@ -537,6 +537,18 @@ class Law:
 
         return describe(self, variables, latex=latex)
 
+    def _repr_html_(self) -> str:
+        """Jupyter: `describe()` of the program's outputs as text."""
+        from ..display import html_block
+        text = self.describe()
+        title, _, body = text.partition("\n")
+        return html_block(title, body)
+
+    def _repr_latex_(self) -> str:
+        """Jupyter: `describe(latex=True)` as display math."""
+        from ..display import latex_lines
+        return latex_lines(self.describe(latex=True).splitlines())
+
 
 def independent_blocks(cov: np.ndarray) -> list[list[int]]:
     """Connected components of the non-zero pattern of a covariance, in order of their first index: mutually

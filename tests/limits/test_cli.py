@@ -309,7 +309,7 @@ def test_variants_build_the_layer_they_name(tmp_path, capsys):
     assert main(["kl", "--seq-len", "2", "--heads", "1", "--inputs", "gaussian", "--tied-qk", "--scaling", "linear",
                  "--widths", "16,64", "--size", "2000", "--seeds", "1", "--estimator", "mixture", "--out",
                  str(tmp_path), "--no-progress"]) == 0
-    assert "scaling=linear inputs=gaussian tied_qk, mixture" in capsys.readouterr().out
+    assert "1/d scores, gaussian tokens, tied W_K = W_Q; mixture" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -324,3 +324,33 @@ def test_variant_errors_are_one_line_exit_2(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err and "Traceback" not in err
+
+
+# ---- issue 18: figures say what they show; --open shows them
+def test_kl_figure_title_names_layer_estimator_and_draws_and_open_opens_it(tmp_path, capsys, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from limits import plot
+    titles, opened = [], []
+    original = plot.kl_vs_width
+
+    def spy(df, **kwargs):
+        fig, ax = original(df, **kwargs)
+        titles.append(ax.get_title())
+        return fig, ax
+
+    monkeypatch.setattr(plot, "kl_vs_width", spy)
+    monkeypatch.setattr("webbrowser.open", lambda uri: opened.append(uri) or True)
+    assert main(["kl", "--inputs", "gaussian", "--seq-len", "2", "--heads", "1", "--mask", "causal", "--widths",
+                 "16,64", "--size", "500", "--seeds", "2", "--out", str(tmp_path), "--no-progress", "--open"]) == 0
+    (title,) = titles
+    assert ("KL(finite n ‖ limit) of y1, attention s=2, H=1, d=n, 1/sqrt(d) scores, gaussian tokens, causal mask"
+            in title)
+    assert "coupled estimator, 500 draws × 2 seeds per point" in title
+    assert opened == [(tmp_path / "kl_vs_width.png").resolve().as_uri()]
+    assert f"opened {tmp_path / 'kl_vs_width.png'}" in capsys.readouterr().out
+    monkeypatch.setattr("webbrowser.open", lambda uri: False)  # no viewer: the path is printed instead
+    assert main(["kl", "--inputs", "gaussian", "--seq-len", "2", "--heads", "1", "--widths", "16", "--size", "500",
+                 "--seeds", "1", "--out", str(tmp_path), "--no-progress", "--open"]) == 0
+    assert f"no viewer to open {tmp_path / 'kl_vs_width.png'} here" in capsys.readouterr().out
+    plt.close("all")

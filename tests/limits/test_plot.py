@@ -62,3 +62,20 @@ def test_kl_vs_width_draws_the_predicted_line_and_its_band():
         plot.kl_vs_width(df, predicted=3.0)
     with pytest.raises(netsor.ProgramError, match="^plot.kl_vs_width: predicted is a line c/n² in the width"):
         plot.kl_vs_width(df.rename(columns={"width": "heads"}), against="heads", predicted=(3.0, 0.1))
+
+
+def test_every_figure_says_what_it_shows():
+    import matplotlib.pyplot as plt
+    df = pd.DataFrame(dict(width=[16, 16, 64, 64], seed=[0, 1, 0, 1], estimator="mixture",
+                           kl=[1e-2, 1.1e-2, 8e-4, 9e-4], se=1e-4, n_samples=5000))
+    _, ax = plot.kl_vs_width(df, title="KL of y1, attention s=4")
+    assert ax.get_title() == "KL of y1, attention s=4\nmixture estimator, 5,000 draws × 2 seeds per point"
+    _, kept = plt.subplots()
+    kept.set_title("mine")
+    assert plot.kl_vs_width(df, ax=kept)[1].get_title() == "mine"  # an axes with a title keeps it
+    layer = attention_layer(seq_len=2, heads=1, inputs="gaussian", mask="causal")
+    _, ax = plot.densities(layer, widths=[16], size=500, seed=0)
+    assert ax.get_title().startswith(layer.summary + "\ny1: exact finite width, 500 draws per width")
+    _, ax = plot.scores({"1/sqrt(n)": layer}, widths=[16], size=500)
+    assert ax.get_title() == "score p₁₁ of 1/sqrt(n): 500 draws per width and for the limit"
+    plt.close("all")
