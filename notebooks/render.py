@@ -86,7 +86,8 @@ def main(argv=None) -> int:
         target = (args.out or HERE) / (script.stem + ".ipynb")
         target.parent.mkdir(parents=True, exist_ok=True)
         nbformat.write(notebook, target)
-        return text_outputs(notebook) if args.check else f"wrote {target} ({'full' if full else 'quick'} mode)\n"
+        mode = "full mode" if full else ("quick mode" if script.stem in FULL_MODE else "its one mode")
+        return text_outputs(notebook) if args.check else f"wrote {target} ({mode})\n"
 
     slowest = {name: rank for rank, name in enumerate(SLOWEST_FIRST)}
     order = sorted(chosen, key=lambda p: (slowest.get(p.stem, len(slowest)), p.name))
