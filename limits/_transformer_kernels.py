@@ -171,6 +171,16 @@ def attention_rows_lanes(scores, plain, map_code, inverse_temperature, bias, all
                         scores[i, j, lane] = elementwise_weight(map_code, scores[i, j, lane], keys[i])
 
 
+@numba.njit(inline="always", **_JIT)
+def _mirror_lower_lanes(acc, lanes):
+    """acc[i, j] = acc[j, i] for i < j: the upper triangle of a symmetric lanes-last matrix from its lower one."""
+    s = acc.shape[0]
+    for i in range(s):
+        for j in range(i + 1, s):
+            for lane in range(lanes):
+                acc[i, j, lane] = acc[j, i, lane]
+
+
 @numba.njit(**_JIT)
 def add_sandwich_lanes(attention, gram, weight, mixed, acc, lanes):
     """acc += weight · A G Aᵀ for a symmetric G (the values' kernel Φ(K̃) of nonlinear values, or K̃ itself)."""
@@ -187,10 +197,7 @@ def add_sandwich_lanes(attention, gram, weight, mixed, acc, lanes):
             for k in range(s):
                 for lane in range(lanes):
                     acc[i, j, lane] += weight * mixed[i, k, lane] * attention[j, k, lane]
-    for i in range(s):
-        for j in range(i + 1, s):
-            for lane in range(lanes):
-                acc[i, j, lane] = acc[j, i, lane]
+    _mirror_lower_lanes(acc, lanes)
 
 
 @numba.njit(**_JIT)
@@ -209,10 +216,7 @@ def add_mixed_kernel_lanes(attention, chol, weight, mixed, acc, lanes):
             for k in range(s):
                 for lane in range(lanes):
                     acc[i, j, lane] += weight * mixed[i, k, lane] * mixed[j, k, lane]
-    for i in range(s):
-        for j in range(i + 1, s):
-            for lane in range(lanes):
-                acc[i, j, lane] = acc[j, i, lane]
+    _mirror_lower_lanes(acc, lanes)
 
 
 @numba.njit(inline="always", **_JIT)
@@ -225,10 +229,7 @@ def _add_head_gram_lanes(mixed_values, head_dim, weight, acc, lanes):
             for t in range(head_dim):
                 for lane in range(lanes):
                     acc[i, j, lane] += scale * mixed_values[i, t, lane] * mixed_values[j, t, lane]
-    for i in range(s):
-        for j in range(i + 1, s):
-            for lane in range(lanes):
-                acc[i, j, lane] = acc[j, i, lane]
+    _mirror_lower_lanes(acc, lanes)
 
 
 @numba.njit(**_JIT)
