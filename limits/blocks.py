@@ -140,14 +140,11 @@ class _Logit:
 def check_tied_scale(tied_qk: bool, head_dim, score_scale, where: str) -> None:
     """Tied W_K = W_Q over a head dimension ∝ n: q_i·q_j has mean n·K_ij, so scores / n^a with a < 1 diverge —
     refused when the program is built, not when its law is asked for."""
-    exponent = SCORE_SCALES.get(score_scale, score_scale) if isinstance(score_scale, str) else score_scale
-    if tied_qk and head_dim is None and isinstance(exponent, numbers.Real) and exponent < 1:
+    exponent = netsor.dot_exponent(score_scale, f"{where}: score scale")  # the dot's own rule for its scale
+    if tied_qk and head_dim is None and exponent < 1:
         raise ProgramError(f"{where}: tied_qk (W_K = W_Q) with head dimension n needs scores / n (scaling 'linear', "
                            f"score exponent ≥ 1): at 1/n^{exponent:g} the scores q_i·q_j / n^{exponent:g} have mean "
                            f"n^{1 - exponent:g}·K_ij and diverge; use a fixed head_dim for tied scores at 1/sqrt(N)")
-
-
-SCORE_SCALES = {"sqrt": 0.5, "linear": 1.0}
 
 
 def attention_block(prog: netsor.Program, tokens, heads: int, head_dim: int | None = None, score_scale="sqrt",

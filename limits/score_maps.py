@@ -89,9 +89,8 @@ class ScoreMap:
         """A from logits (..., t_i) over a row's allowed keys (keys: t_i, default the last axis's length)."""
         z = np.asarray(logits, dtype=float)
         keys = z.shape[-1] if keys is None else keys
-        if self.code == CODE_SOFTMAX:
-            e = np.exp(z - z.max(axis=-1, keepdims=True))
-            return e / e.sum(axis=-1, keepdims=True)
+        if self.code == CODE_SOFTMAX:  # netsor's one softmax rule, over the last axis
+            return np.moveaxis(netsor.stable_softmax(list(np.moveaxis(z, -1, 0))), 0, -1)
         return _Elementwise(self.code, keys)(z)
 
     def nodes(self, logits, name: str) -> tuple:

@@ -124,7 +124,7 @@ def mlp_weight_var(phi) -> float:
     """1/E[φ(Z)²] for Z ~ N(0, 1) (the one rule for E[φ(Z)²]: `transformer_limit`'s, closed form or checked
     quadrature)."""
     from .transformer_limit import _second_moment
-    second_moment = _second_moment(netsor.nonlin(phi, netsor.Program("unit-variance").input("z")).phi)
+    second_moment = _second_moment(netsor.as_nonlinearity(phi, 1, f"{WHERE}: mlp"))
     if not second_moment > 0:
         raise ProgramError(f"{WHERE}: mlp nonlinearity has E[φ(Z)²] = {second_moment:g}; it cannot be normalised")
     return 1.0 / second_moment

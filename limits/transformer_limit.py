@@ -217,7 +217,7 @@ def _second_moment(phi: Nonlinearity) -> float:
 
 
 def _nonlinearity(mlp, where: str, name: str = "mlp") -> Nonlinearity:
-    """A name ("relu", "clip(1.5)", …) resolved by netsor's own parsing (`netsor.nonlin` on a one-input program),
+    """A name ("relu", "clip(1.5)", …) resolved by netsor's own parsing (`netsor.as_nonlinearity`),
     or a netsor Nonlinearity as it is; ProgramError naming the argument (mlp) for anything else."""
     if isinstance(mlp, Nonlinearity):
         return mlp
@@ -225,9 +225,8 @@ def _nonlinearity(mlp, where: str, name: str = "mlp") -> Nonlinearity:
         got = f"the callable {mlp!r}, which has no compiled kernel" if callable(mlp) else repr(mlp)
         _fail(where, f"{name} must be a nonlinearity name ({MLP_NAMES}), a netsor Nonlinearity with a compiled "
                      f"kernel, or None; got {got}")
-    program = netsor.Program(name)
     try:
-        return netsor.nonlin(mlp, program.input("z")).phi
+        return netsor.as_nonlinearity(mlp, 1)  # netsor's own parsing of names
     except ProgramError as exc:
         raise ProgramError(f"{where}: {name} {mlp!r}: {exc}") from None
 

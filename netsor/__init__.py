@@ -32,8 +32,9 @@ from .ir.layers import feedforward, layernorm, mean_pool, residual
 from .ir.nonlinearities import (Clip, LeakyRelu, Nonlinearity, as_nonlinearity, clip, erf, from_sympy, gelu, identity,
                                 leaky_relu, relu, square, tanh)
 from .ir.program import (Dot, HeadSum, Input, LinComb, MatMul, Matrix, Moment, Node, Nonlin, Program, Scalar,
-                         ScalarFn, SoftmaxEntry, Vector, check_covariance, dot, infinite_head_sum, lincomb, matmul,
-                         moment, nonlin, scalar_fn, softmax)
+                         ScalarFn, SoftmaxEntry, Vector, check_covariance, dot, dot_exponent, infinite_head_sum,
+                         lincomb, matmul, moment, nonlin, scalar_fn, softmax)
+from .ir.semantics import stable_softmax
 from .limit.gaussian import GaussianLaw
 from .limit.law import Law, limit
 
@@ -42,7 +43,8 @@ __version__ = "0.1.0"
 __all__ = [
     "ProgramError", "Program", "Node", "Vector", "Scalar", "Matrix", "Input", "MatMul", "Nonlin", "LinComb",
     "Moment", "Dot", "ScalarFn", "SoftmaxEntry", "HeadSum", "matmul", "nonlin", "lincomb", "moment", "dot",
-    "scalar_fn", "softmax", "infinite_head_sum", "check_covariance", "fingerprint", "limit", "Law", "GaussianLaw",
+    "scalar_fn", "softmax", "stable_softmax", "dot_exponent", "infinite_head_sum", "check_covariance",
+    "fingerprint", "limit", "Law", "GaussianLaw",
     "simulate", "simulate_with_moments", "MAX_WIDTH", "finite_width_correction", "FiniteWidthCorrection",
     "simulate_coupled", "CoupledDraws", "dense_block_size", "Nonlinearity", "Clip", "LeakyRelu", "identity",
     "relu", "erf", "tanh", "gelu", "square", "clip", "leaky_relu", "from_sympy", "as_nonlinearity", "layernorm",

@@ -5,12 +5,18 @@ from __future__ import annotations
 import html
 import re
 
-__all__ = ["html_block", "html_table", "latex_lines", "latex_number"]
+__all__ = ["html_block", "html_description", "html_table", "latex_lines", "latex_number"]
 
 
 def html_block(title: str, text: str) -> str:
     """A bold title over preformatted text (every character escaped)."""
     return (f"<div><b>{html.escape(title)}</b><pre style=\"margin-top: 0.3em\">{html.escape(text)}</pre></div>")
+
+
+def html_description(text: str) -> str:
+    """A multi-line description (`describe()`) as HTML: its first line the title, the rest preformatted."""
+    title, _, body = text.partition("\n")
+    return html_block(title, body)
 
 
 def html_table(caption: str, header, rows) -> str:

@@ -638,9 +638,8 @@ class FiniteWidthCorrection:
 
     def _repr_html_(self) -> str:
         """Jupyter: `describe()` as text."""
-        from ..display import html_block
-        title, _, body = self.describe().partition("\n")
-        return html_block(title, body)
+        from ..display import html_description
+        return html_description(self.describe())
 
     def _repr_latex_(self) -> str:
         """Jupyter: `describe(latex=True)` as display math."""

@@ -449,10 +449,10 @@ class Program:
         return [n for n in self._nodes if n.index in seen]
 
     # ---- printing
-    def __str__(self) -> str:
-        lines = [f"Netsor program {self.name!r} (width n)"]
-        width = min(12, max((len(n.name) for n in self._nodes), default=1))
-        printed_groups = set()
+    def _rows(self) -> list[tuple[str, str, str, str]]:
+        """(name, separator, definition, kind) per printed line: an input group once, a matrix, a derived node —
+        what `__str__` prints and `_repr_html_` tabulates."""
+        rows, printed_groups = [], set()
         for node in self._nodes:
             if isinstance(node, Input):
                 if id(node.group) in printed_groups:
@@ -464,29 +464,33 @@ class Program:
                 cov = " ".join(cov.split())
                 kind = "iid N(0, Σ) coordinates" if len(members) > 1 else f"iid N(0, {node.group.cov[0, 0]:g})"
                 detail = f", Σ = {cov}" if len(members) > 1 else ""
-                lines.append(f"  {names} : input in R^{node.dim}, {kind}{detail}")
+                rows.append((names, ":", f"input in R^{node.dim}, {kind}{detail}", "input"))
             elif isinstance(node, Matrix):
-                lines.append(f"  {node.name:<{width}} : {node.definition()}")
+                rows.append((node.name, ":", node.definition(), "matrix"))
             else:
-                kind = type(node).__name__
-                lines.append(f"  {node.name:<{width}} := {node.definition():<28}  ({kind})")
+                rows.append((node.name, ":=", node.definition(), type(node).__name__))
+        return rows
+
+    def __str__(self) -> str:
+        lines = [f"Netsor program {self.name!r} (width n)"]
+        width = min(12, max((len(n.name) for n in self._nodes), default=1))
+        for name, sep, definition, kind in self._rows():
+            if kind == "input":
+                lines.append(f"  {name} : {definition}")
+            elif kind == "matrix":
+                lines.append(f"  {name:<{width}} : {definition}")
+            else:
+                lines.append(f"  {name:<{width}} := {definition:<28}  ({kind})")
         return "\n".join(lines)
 
     def __repr__(self) -> str:
         return f"<Program {self.name!r}: {len(self._nodes)} nodes>"
 
     def _repr_html_(self) -> str:
-        """Jupyter: the program as a table, one row per node (inputs and matrices with their laws)."""
+        """Jupyter: the program as a table, one row per printed line (inputs and matrices with their laws)."""
         from ..display import html_table
-        rows = []
-        for line in str(self).splitlines()[1:]:
-            name, sep, rest = line.strip().partition(" := " if " := " in line else " : ")
-            kind = rest.rsplit("(", 1)[1].rstrip(")") if sep == " := " and rest.endswith(")") else (
-                "input" if "input in" in rest else "matrix")
-            definition = rest.rsplit("  (", 1)[0].strip() if sep == " := " else rest
-            rows.append((name.strip(), definition, kind))
-        return html_table(f"Netsor program {self.name!r} (width n), {len(self._nodes)} nodes", ("node", "definition",
-                                                                                                  "kind"), rows)
+        return html_table(f"Netsor program {self.name!r} (width n), {len(self._nodes)} nodes",
+                          ("node", "definition", "kind"), [(n, d, k) for n, _, d, k in self._rows()])
 
     # ---- internals
     def _fresh(self, base: str) -> str:
@@ -649,6 +653,15 @@ def _first_shared_atom(v: Vector, fresh: set):
 SCALES = {"sqrt": 0.5, "linear": 1.0}
 
 
+def dot_exponent(scale, where: str = "dot") -> float:
+    """The exponent a of a dot's 1/dim^a from its scale: "sqrt" → 1/2, "linear" → 1, or a finite number."""
+    if isinstance(scale, str):
+        if scale not in SCALES:
+            raise ProgramError(f"{where}: scale must be 'sqrt', 'linear' or a number, got {scale!r}")
+        return SCALES[scale]
+    return _check_finite(scale, f"{where}: scale")
+
+
 def dot(g1: Vector, g2: Vector, scale="sqrt", name: str | None = None) -> Scalar:
     """p := g1·g2 / dim^a with a = 1/2 ("sqrt"), 1 ("linear") or a given number, dim the vectors' dimension.
 
@@ -656,12 +669,7 @@ def dot(g1: Vector, g2: Vector, scale="sqrt", name: str | None = None) -> Scalar
     every vector (needs E[Z^g1 Z^g2] = 0). Over a fixed dimension N the dot keeps its exact finite-N law.
     """
     where = f"dot {name}" if name else "dot"
-    if isinstance(scale, str):
-        if scale not in SCALES:
-            raise ProgramError(f"{where}: scale must be 'sqrt', 'linear' or a number, got {scale!r}")
-        exponent = SCALES[scale]
-    else:
-        exponent = _check_finite(scale, f"{where}: scale")
+    exponent = dot_exponent(scale, where)
     g1, g2 = _vectors((g1, g2), where)
     prog = _program_of((g1, g2), where)
     return prog._add(Dot, name or prog._fresh(f"{g1.name}·{g2.name}"), args=(g1, g2), exponent=exponent)

@@ -539,10 +539,8 @@ class Law:
 
     def _repr_html_(self) -> str:
         """Jupyter: `describe()` of the program's outputs as text."""
-        from ..display import html_block
-        text = self.describe()
-        title, _, body = text.partition("\n")
-        return html_block(title, body)
+        from ..display import html_description
+        return html_description(self.describe())
 
     def _repr_latex_(self) -> str:
         """Jupyter: `describe(latex=True)` as display math."""
